@@ -1,0 +1,254 @@
+"""The built-in local-filesystem store (`file://` URLs and plain paths)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from preheat.errors import PreconditionFailed, PreheatError
+from preheat.hookspecs import hookimpl
+from preheat.store import ObjectInfo, ObjectWriter, Store
+
+_HIDDEN = (".partial", ".locks")
+
+
+def _etag(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _disk_error(exc: OSError, path: Path) -> PreheatError:
+    if exc.errno == errno.ENOSPC:
+        return PreheatError(f"no space left on the device holding {path}: free space or use another --store")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PreheatError(f"cannot write {path}: {exc.strerror}; use a writable --store")
+    return PreheatError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class _FileWriter(ObjectWriter):
+    def __init__(self, store: LocalStore, key: str, resume: bool) -> None:
+        self._dest = store._path(key)
+        partials = store.root / ".partial"
+        partials.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._partial = partials / hashlib.sha256(key.encode()).hexdigest()
+            self._file = open(self._partial, "ab")  # noqa: SIM115
+            self.offset = self._file.tell()
+        else:
+            fd, name = tempfile.mkstemp(dir=partials, prefix="w-")
+            self._partial = Path(name)
+            self._file = os.fdopen(fd, "wb")
+            self.offset = 0
+        self._resume = resume
+
+    def existing(self) -> Iterator[bytes]:
+        if not self.offset:
+            return
+        with open(self._partial, "rb") as f:
+            remaining = self.offset
+            while remaining:
+                chunk = f.read(min(8 << 20, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _disk_error(exc, self._dest) from exc
+
+    def commit(self) -> ObjectInfo:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._partial, self._dest)
+        except OSError as exc:
+            self.abort()
+            raise _disk_error(exc, self._dest) from exc
+        st = self._dest.stat()
+        return ObjectInfo(key=str(self._dest), size=st.st_size, etag=_etag(st))
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        if not self._resume:
+            self.discard()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._partial.unlink()
+
+
+class LocalStore(Store):
+    """A store in a local directory; artifact files are plain files an engine can load directly."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.url = self.root.as_uri()
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStore:
+        """A store from `file:///path`, or a plain path."""
+        if url.startswith("file:"):
+            parsed = urlparse(url)
+            if parsed.netloc not in ("", "localhost"):
+                raise PreheatError(f"invalid store URL {url!r}: use file:///absolute/path")
+            return cls(unquote(parsed.path))
+        return cls(url)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise PreheatError(f"invalid store key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not os.path.isfile(self._path(key)):
+            return None
+        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+
+    def read(self, key: str) -> tuple[bytes, str | None] | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                st = os.fstat(f.fileno())
+                return f.read(), _etag(st)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return os.pread(f.fileno(), length, start)
+
+    def open_reader(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / hashlib.sha256(key.encode()).hexdigest(), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".put-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise _disk_error(exc, dest) from exc
+        try:
+            if if_absent:
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError:
+                    raise PreconditionFailed(f"{key} already exists") from None
+            elif if_match is not None:
+                with self._key_lock(key):
+                    current = self.head(key)
+                    if current is None or current.etag != if_match:
+                        raise PreconditionFailed(f"{key} changed since it was read")
+                    os.replace(tmp, dest)
+            else:
+                os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        st = dest.stat()
+        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+
+    def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
+        try:
+            return _FileWriter(self, key, resume)
+        except OSError as exc:
+            raise _disk_error(exc, self._path(key)) from exc
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, base)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            if not rel:
+                dirnames[:] = [d for d in dirnames if d not in _HIDDEN]
+            dirnames[:] = [d for d in dirnames if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/")]
+            dirnames.sort()
+            for name in sorted(filenames):
+                key = rel + name
+                if key.startswith(prefix) and not name.startswith(".put-"):
+                    st = os.stat(os.path.join(dirpath, name))
+                    yield ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def delete_prefix(self, prefix: str) -> int:
+        count = super().delete_prefix(prefix)
+        target = self.root / prefix
+        if prefix.endswith("/") and target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        return count
+
+    def free_bytes(self) -> int | None:
+        path = self.root
+        while not path.exists():
+            path = path.parent
+        return shutil.disk_usage(path).free
+
+    def gc(self) -> int:
+        partials = self.root / ".partial"
+        if not partials.is_dir():
+            return 0
+        removed = 0
+        for entry in partials.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed += 1
+        return removed
+
+
+@hookimpl
+def preheat_register_stores(register):
+    register("file", LocalStore.from_url)

@@ -1,0 +1,85 @@
+"""The `preheat` command: command groups, plugin sub-commands, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from preheat.cli import artifacts, gc, plugins, prefetch, resolve, runs
+
+app = typer.Typer(
+    name="preheat",
+    help="Prepare large language models for serving before the server starts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(prefetch.app, name="prefetch")
+app.add_typer(runs.app, name="runs")
+app.add_typer(artifacts.app, name="artifacts")
+app.command("resolve")(resolve.resolve)
+app.command("plugins")(plugins.plugins)
+app.command("gc")(gc.gc)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from preheat import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Prepare large language models for serving before the server starts."""
+
+
+def _mount_plugin_commands() -> None:
+    from preheat.plugins import get_registry
+
+    for reg in get_registry().all("commands"):
+        app.add_typer(reg.value, name=reg.name)
+
+
+def main() -> None:
+    """Run the CLI: PreheatError becomes one line on stderr; PREHEAT_DEBUG=1 shows the traceback."""
+    from preheat.errors import PreheatError
+    from preheat.redact import redact
+
+    debug = os.environ.get("PREHEAT_DEBUG", "") not in ("", "0")
+    try:
+        _mount_plugin_commands()
+        app(standalone_mode=False)
+    except PreheatError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {redact(str(exc))}\n")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        name = type(exc).__name__
+        if name in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter", "BadArgumentUsage", "NoArgsIsHelpError"):
+            show = getattr(exc, "show", None)
+            if show is not None:
+                show()
+            sys.exit(getattr(exc, "exit_code", 2))
+        sys.stderr.write(f"error: {name}: {redact(str(exc)).splitlines()[0] if str(exc) else ''} (PREHEAT_DEBUG=1 for details)\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

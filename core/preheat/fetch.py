@@ -1,0 +1,113 @@
+"""The fetcher interface: list a model repository at one commit and stream its files.
+
+Fetcher plugins register a factory through `preheat_register_fetchers`; the
+pipeline calls `snapshot` once (which validates the request and pins the
+commit), reads small files and byte ranges for validation, then streams each
+selected file into a store writer with `download`.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from preheat.errors import PreheatError
+from preheat.models import Source
+from preheat.store import ObjectWriter
+
+
+@attrs.frozen
+class RemoteFile:
+    """One file of a repository snapshot with what is known to verify it."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    git_oid: str | None = None
+
+
+@attrs.frozen
+class Snapshot:
+    """A repository pinned to one commit, with its full recursive file listing."""
+
+    source: Source
+    files: tuple[RemoteFile, ...]
+
+    def file(self, path: str) -> RemoteFile | None:
+        return next((f for f in self.files if f.path == path), None)
+
+
+class IntegrityError(PreheatError):
+    """Downloaded bytes do not match the digest the source published."""
+
+
+class Fetcher(abc.ABC):
+    """Lists and streams the files of a model repository; one instance serves one run."""
+
+    @abc.abstractmethod
+    def snapshot(self, repo: str, revision: str | None) -> Snapshot:
+        """Validate the request, pin `revision` (default branch when None) to a commit, list every file."""
+
+    @abc.abstractmethod
+    def read(self, snapshot: Snapshot, path: str) -> bytes:
+        """A small file, whole (config.json, README.md)."""
+
+    @abc.abstractmethod
+    def read_range(self, snapshot: Snapshot, path: str, start: int, length: int) -> bytes:
+        """Bytes `start`..`start+length` of a file (e.g. a safetensors header)."""
+
+    @abc.abstractmethod
+    def download(
+        self,
+        snapshot: Snapshot,
+        file: RemoteFile,
+        writer: ObjectWriter,
+        *,
+        on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> str:
+        """Stream `file` into `writer` (after the writer's `offset` bytes), verify it, return its sha256.
+
+        Retries transient failures, resuming by range; raises IntegrityError
+        when the bytes do not match the published digest.
+        """
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def check_path(path: str) -> str:
+    """Refuse file names that could escape the artifact directory."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or (len(path) > 1 and path[1] == ":")
+    ):
+        raise PreheatError(
+            f"the source listed an unsafe file name {path!r}; refusing to download "
+            "(nothing was written): report it to the repository owner"
+        )
+    return path
+
+
+def select(files: Iterable[RemoteFile], include: Iterable[str], exclude: Iterable[str]) -> list[RemoteFile]:
+    """Files matching any `include` glob (all when none) and no `exclude` glob."""
+    include, exclude = list(include), list(exclude)
+
+    def match(path: str, pattern: str) -> bool:
+        if pattern.endswith("/"):
+            pattern += "*"
+        return fnmatch.fnmatch(path, pattern)
+
+    return [
+        f
+        for f in files
+        if (not include or any(match(f.path, p) for p in include))
+        and not any(match(f.path, p) for p in exclude)
+    ]

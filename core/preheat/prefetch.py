@@ -1,0 +1,93 @@
+"""The Python API: `preheat.prefetch.hf_model(...)` and the shard-argument classes of installed plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from preheat.models import PrefetchRequest, Resources
+from preheat.runs import Run, submit
+from preheat.shard import ShardConfig
+
+__all__ = ["ShardConfig", "hf_model"]
+
+
+def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def hf_model(
+    repo: str,
+    revision: str | None = None,
+    artifact_name: str | None = None,
+    hf_token_key: str = "HF_TOKEN",
+    cpu: str | None = None,
+    mem: str | None = None,
+    ephemeral_storage: str | None = None,
+    accelerator: str | None = None,
+    shard_config: ShardConfig | str | Path | dict[str, Any] | None = None,
+    force: int = 0,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    architecture: str | None = None,
+    task: str | None = None,
+    modality: str | Iterable[str] | None = ("text",),
+    format: str | None = None,
+    model_type: str | None = None,
+    short_description: str | None = None,
+    *,
+    store: str | None = None,
+    executor: str = "local",
+) -> Run:
+    """Start prefetching a Hugging Face model repository into the store; returns the run at once.
+
+    Everything is validated before the run starts (a bad repo id, artifact
+    name, resource request or shard config raises PreheatError here).
+    """
+    shard: dict[str, Any] | None = None
+    if shard_config is not None:
+        from preheat.shard import normalize_shard_config, shard_request
+
+        shard = shard_request(*normalize_shard_config(shard_config))
+    request = PrefetchRequest(
+        repo=repo,
+        revision=revision,
+        artifact_name=artifact_name,
+        hf_token_key=hf_token_key,
+        include=_tuple(include),
+        exclude=_tuple(exclude),
+        force=force,
+        shard=shard,
+        metadata={
+            k: v
+            for k, v in {
+                "architecture": architecture,
+                "task": task,
+                "modality": _tuple(modality) if modality is not None else None,
+                "format": format,
+                "model_type": model_type,
+                "short_description": short_description,
+            }.items()
+            if v is not None
+        },
+        resources=Resources(cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator),
+    )
+    return submit(request, store=store, executor=executor)
+
+
+def __getattr__(name: str) -> Any:
+    """Shard-argument classes registered by installed engine plugins (e.g. `VLLMShardArgs`)."""
+    if name.endswith("ShardArgs"):
+        from preheat.plugins import get_registry
+
+        for reg in get_registry().all("sharders"):
+            if reg.extra and reg.extra[0].__name__ == name:
+                return reg.extra[0]
+        engine = name[: -len("ShardArgs")].lower()
+        raise ImportError(
+            f"{name} is provided by an engine plugin that is not installed: pip install preheat-{engine}"
+        )
+    raise AttributeError(f"module 'preheat.prefetch' has no attribute {name!r}")

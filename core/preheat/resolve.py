@@ -1,0 +1,99 @@
+"""Resolving an artifact into what an engine needs: a location, launch arguments and environment.
+
+Engine plugins register a `Resolver` through `preheat_register_resolvers`.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+
+from preheat.catalog import Catalog
+from preheat.errors import PreheatError
+from preheat.models import FileEntry, Manifest
+from preheat.plugins import get_registry
+
+
+@attrs.frozen
+class Launch:
+    """How to start an engine on an artifact: extra CLI arguments and environment variables."""
+
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = attrs.Factory(dict)
+    model: str | None = None
+
+
+@attrs.frozen
+class Location:
+    """Where an artifact can be read: a local directory, or a store URI to stream from."""
+
+    uri: str
+    path: str | None
+    env: dict[str, str] = attrs.Factory(dict)
+
+
+class Resolver(abc.ABC):
+    """Turns a manifest and its location into an engine's launch arguments."""
+
+    @abc.abstractmethod
+    def launch(self, manifest: Manifest, location: Location, *, tensor_parallel_size: int | None = None) -> Launch:
+        """The engine arguments for `manifest` at `location`; refuse a mismatched tensor-parallel size."""
+
+
+def location(catalog: Catalog, manifest: Manifest) -> Location:
+    """Where the artifact is in its store (a local path for a local store)."""
+    prefix = catalog.artifact_prefix(manifest.name, manifest.version).rstrip("/")
+    local = catalog.store.local_path(prefix)
+    env = getattr(catalog.store, "streaming_env", lambda: {})()
+    return Location(uri=catalog.store.uri(prefix), path=str(local) if local is not None else None, env=env)
+
+
+def _file_ok(path: Path, entry: FileEntry) -> bool:
+    if not path.is_file() or path.stat().st_size != entry.size:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == entry.sha256
+
+
+def materialize(catalog: Catalog, manifest: Manifest, dest: str | os.PathLike[str], *, workers: int = 8) -> Path:
+    """Copy an artifact's files into `dest`, verifying sha256 and reusing files already there intact."""
+    dest = Path(dest).expanduser().resolve()
+    prefix = catalog.artifact_prefix(manifest.name, manifest.version)
+    store = catalog.store
+
+    def copy(entry: FileEntry) -> None:
+        target = dest / entry.path
+        if _file_ok(target, entry):
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.preheat-partial")
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            for chunk in store.open_reader(prefix + entry.path):
+                f.write(chunk)
+                digest.update(chunk)
+        if digest.hexdigest() != entry.sha256:
+            tmp.unlink(missing_ok=True)
+            raise PreheatError(f"{entry.path} in {manifest.ref} does not match its manifest sha256: the store copy is damaged")
+        os.replace(tmp, target)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(copy, sorted(manifest.files, key=lambda e: -e.size)))
+    return dest
+
+
+def engine_launch(engine: str, manifest: Manifest, where: Location, tensor_parallel_size: int | None) -> Launch:
+    """Ask the engine's resolver plugin for launch arguments."""
+    reg = get_registry().get("resolvers", engine)
+    if reg is None:
+        known = ", ".join(get_registry().names("resolvers")) or "none installed"
+        raise PreheatError(f"no resolver for engine {engine!r} (available: {known}); install preheat-{engine}")
+    return reg.value().launch(manifest, where, tensor_parallel_size=tensor_parallel_size)

@@ -1,0 +1,32 @@
+"""JSON (de)serialisation of preheat's attrs records through one cattrs converter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import cattrs
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(omit_if_default=False, forbid_extra_keys=False)
+
+
+def to_dict(obj: Any) -> Any:
+    """An attrs record as plain JSON-ready data."""
+    return converter.unstructure(obj)
+
+
+def from_dict(data: Any, cls: type[T]) -> T:
+    """Plain data back into an attrs record."""
+    return converter.structure(data, cls)
+
+
+def dumps(obj: Any) -> bytes:
+    """An attrs record (or plain data) as stable, readable JSON bytes."""
+    return (json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n").encode()
+
+
+def loads(data: bytes | str, cls: type[T]) -> T:
+    """JSON bytes into an attrs record."""
+    return from_dict(json.loads(data), cls)

@@ -1,0 +1,145 @@
+"""The store interface: where artifacts, manifests and run records live.
+
+A store is an object store rooted at one URL. Keys are relative, `/`-separated
+paths under that root. Every method is safe to call from several threads.
+Store plugins subclass `Store` and register a factory per URL scheme through
+the `preheat_register_stores` hook.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class ObjectInfo:
+    """What a store knows about one object without reading it."""
+
+    key: str
+    size: int
+    etag: str | None = None
+
+
+class ObjectWriter(abc.ABC):
+    """A streaming write of one object; the object becomes visible only on `commit`.
+
+    `offset` is the number of bytes a resumable writer already holds from an
+    earlier, interrupted write of the same key (0 otherwise); `existing()`
+    yields those bytes so the caller can re-hash them before appending.
+    """
+
+    offset: int = 0
+
+    def existing(self) -> Iterator[bytes]:
+        """Yield the bytes kept from an interrupted write (nothing by default)."""
+        return iter(())
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes; may buffer or upload a part."""
+
+    @abc.abstractmethod
+    def commit(self) -> ObjectInfo:
+        """Make the object visible under its key, replacing any older one."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop what was written; leave no visible object (keeps resumable bytes)."""
+
+    def discard(self) -> None:
+        """Abort and also drop any resumable bytes (they are known to be bad)."""
+        self.abort()
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Store(abc.ABC):
+    """An object store rooted at `url`, holding artifacts, manifests and runs."""
+
+    url: str
+
+    @abc.abstractmethod
+    def uri(self, key: str) -> str:
+        """The full URI of `key` (what a streaming loader would read)."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A local filesystem path for `key` when the store is local, else None."""
+        return None
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and etag of `key`, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def read(self, key: str) -> tuple[bytes, str | None] | None:
+        """The whole object and its etag, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of `key` from `start` (fewer only at the end)."""
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Several (start, length) ranges of `key`; stores may fetch them concurrently."""
+        return [self.read_range(key, start, length) for start, length in ranges]
+
+    @abc.abstractmethod
+    def open_reader(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        """Stream `key` in chunks of about `chunk_size` bytes."""
+
+    @abc.abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        """Write a small object at once.
+
+        With `if_absent`, fail with PreconditionFailed if `key` exists; with
+        `if_match`, fail unless the current etag equals it (compare-and-swap).
+        """
+
+    @abc.abstractmethod
+    def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
+        """Start a streaming write of `key`; with `resume`, keep bytes from an interrupted one."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (recursive)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; no error when it is already gone."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under `prefix`; return how many were removed."""
+        keys = [info.key for info in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def free_bytes(self) -> int | None:
+        """Room left for new objects, or None when the store does not say."""
+        return None
+
+    def streaming_env(self) -> dict[str, str]:
+        """Environment a streaming loader needs to read this store (never secrets)."""
+        return {}
+
+    def gc(self) -> int:
+        """Remove leftovers of interrupted writes (partial files, open uploads); return a count."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections and threads."""
