@@ -29,7 +29,13 @@ from preheat.names import default_artifact_name, validate_artifact_name, validat
 from preheat.plugins import lookup
 from preheat.publish import Draft
 from preheat.resources import parse_quantity, validate_resources
-from preheat.shard import ModelView, ShardPlan, SourceArtifact, normalize_shard_config, shard_request
+from preheat.shard import (
+    ModelView,
+    ShardPlan,
+    SourceArtifact,
+    normalize_shard_config,
+    shard_request,
+)
 
 log = logging.getLogger("preheat")
 
@@ -155,6 +161,8 @@ class Pipeline:
             self.catalog.set_alias(name, "latest", done.version)
             return Outcome(done, True)
         base = self.catalog.manifest(name, base_version) if prepared.shard else None
+        # what the listing alone says will land: refuse before reading even a header
+        self._check_capacity(request.resources, files if base is None else [], None)
 
         self._stage("reading config and safetensors headers")
         config, readme, headers = self._inspect(fetcher, snapshot, files)

@@ -9,8 +9,8 @@ register the same name raise an error naming both.
 from __future__ import annotations
 
 import importlib
-import os
 import importlib.metadata
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -130,9 +130,11 @@ class Registry:
                     version=version,
                     hooks=hooks,
                     provides=provides,
+                    error=self.failures[name].error if name in self.failures else None,
                 )
             )
-        infos.extend(self.failures.values())
+        # a plugin whose hook failed is registered and listed above; add those that failed to load
+        infos.extend(info for name, info in self.failures.items() if not self.pm.has_plugin(name))
         return sorted(infos, key=lambda i: i.name)
 
 

@@ -35,6 +35,7 @@ class RunState(Progress):
         self.forward = forward or Progress()
         self._lock = threading.Lock()
         self._dirty = False
+        self._done = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="preheat-record", daemon=True)
 
@@ -43,19 +44,20 @@ class RunState(Progress):
 
     def update(self, **changes) -> None:
         with self._lock:
-            self.record = attrs.evolve(self.record, updated=now_iso(), **changes)
+            self.record = attrs.evolve(self.record, updated=now_iso(), bytes_done=self._done, **changes)
             self.catalog.save_run(self.record)
             self._dirty = False
 
     def stage(self, name: str, total: int) -> None:
         with self._lock:
+            self._done = 0
             self.record = attrs.evolve(self.record, stage=name, bytes_total=total, bytes_done=0)
             self._dirty = True
         self.forward.stage(name, total)
 
     def advance(self, n: int) -> None:
         with self._lock:
-            self.record = attrs.evolve(self.record, bytes_done=self.record.bytes_done + n)
+            self._done += n
             self._dirty = True
         self.forward.advance(n)
 
@@ -66,7 +68,7 @@ class RunState(Progress):
             with self._lock:
                 if self._dirty:
                     with contextlib.suppress(Exception):
-                        self.record = attrs.evolve(self.record, updated=now_iso())
+                        self.record = attrs.evolve(self.record, updated=now_iso(), bytes_done=self._done)
                         self.catalog.save_run(self.record)
                     self._dirty = False
 

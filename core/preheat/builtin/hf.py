@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import time
 from collections.abc import Callable
 
+from preheat import transfer
 from preheat.errors import NotFound, PreheatError
 from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, check_path
 from preheat.hookspecs import hookimpl
@@ -148,7 +150,11 @@ class HfFetcher(Fetcher):
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
 
-        return build_hf_headers(token=self._token or False, library_name="preheat", headers=extra)
+        from preheat import __version__
+
+        return build_hf_headers(
+            token=self._token or False, library_name="preheat", library_version=__version__, headers=extra
+        )
 
     def _get(self, snapshot: Snapshot, path: str, headers: dict[str, str] | None = None) -> bytes:
         from huggingface_hub.utils import get_session, hf_raise_for_status
@@ -179,9 +185,6 @@ class HfFetcher(Fetcher):
         *,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> str:
-        from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils import get_session, hf_raise_for_status
-
         sha256 = hashlib.sha256()
         sha1 = hashlib.sha1(b"blob %d\0" % file.size) if file.git_oid else None
         offset = 0
@@ -195,19 +198,14 @@ class HfFetcher(Fetcher):
         if offset:
             on_bytes(offset)
         url = self._url(snapshot, file.path)
-        session = get_session()
         attempt = 0
         while offset < file.size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             try:
-                with session.stream(
-                    "GET", url, headers=self._headers(headers), follow_redirects=True, timeout=60
-                ) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        hf_raise_for_status(r)
-                    skip = offset if (offset and r.status_code != 206) else 0
-                    for chunk in r.iter_bytes(CHUNK):
+                body = transfer.get(url, self._headers(headers))
+                try:
+                    skip = offset if (offset and body.status != 206) else 0
+                    for chunk in body.chunks():
                         if skip:
                             cut = min(skip, len(chunk))
                             chunk, skip = chunk[cut:], skip - cut
@@ -221,21 +219,18 @@ class HfFetcher(Fetcher):
                             sha1.update(chunk)
                         offset += len(chunk)
                         on_bytes(len(chunk))
+                finally:
+                    body.close()
                 if offset < file.size:
                     raise ConnectionError(f"{file.path}: connection closed at byte {offset} of {file.size}")
             except IntegrityError:
                 raise
-            except Exception as exc:
-                status = getattr(getattr(exc, "response", None), "status_code", None)
-                transient = status is None or status >= 500 or status == 429
-                if isinstance(exc, HfHubHTTPError) and not transient:
-                    raise self._error(exc, snapshot.source.repo, snapshot.source.commit, file.path) from None
-                if attempt >= _retries():
-                    raise PreheatError(
-                        f"download of {file.path} failed after {attempt + 1} attempts: {self._scrub(str(exc)) or type(exc).__name__}"
-                    ) from None
-                time.sleep(_backoff(attempt))
-                attempt += 1
+            except transfer.HTTPStatus as exc:
+                if exc.status < 500 and exc.status != 429:
+                    raise self._status_error(exc, snapshot, file.path) from None
+                attempt = self._retry_or_raise(attempt, file.path, exc)
+            except (OSError, http.client.HTTPException) as exc:
+                attempt = self._retry_or_raise(attempt, file.path, exc)
         digest = sha256.hexdigest()
         if file.sha256 is not None and digest != file.sha256:
             raise IntegrityError(
@@ -247,6 +242,26 @@ class HfFetcher(Fetcher):
                 f"{file.path}: git blob id does not match the published {file.git_oid[:12]}...; nothing was published"
             )
         return digest
+
+
+    def _retry_or_raise(self, attempt: int, path: str, exc: Exception) -> int:
+        if attempt >= _retries():
+            raise PreheatError(
+                f"download of {path} failed after {attempt + 1} attempts: {self._scrub(str(exc)) or type(exc).__name__}"
+            ) from None
+        time.sleep(_backoff(attempt))
+        return attempt + 1
+
+    def _status_error(self, exc: transfer.HTTPStatus, snapshot: Snapshot, path: str) -> PreheatError:
+        """The library's own typed error for a failed download, mapped to one line."""
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
+        try:
+            r = get_session().get(self._url(snapshot, path), headers=self._headers(), follow_redirects=True, timeout=60)
+            hf_raise_for_status(r)
+        except Exception as typed:
+            return self._error(typed, snapshot.source.repo, snapshot.source.commit, path)
+        return PreheatError(f"download of {path} failed: HTTP {exc.status}")
 
 
 def _is_transport(exc: Exception) -> bool:

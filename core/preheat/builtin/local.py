@@ -20,6 +20,11 @@ from preheat.store import ObjectInfo, ObjectWriter, Store
 _HIDDEN = (".partial", ".locks")
 
 
+def _durable() -> bool:
+    """Whether committed files are fsynced (PREHEAT_FSYNC=0 trades crash safety for speed)."""
+    return os.environ.get("PREHEAT_FSYNC", "1") != "0"
+
+
 def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
@@ -69,7 +74,8 @@ class _FileWriter(ObjectWriter):
     def commit(self) -> ObjectInfo:
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if _durable():
+                os.fsync(self._file.fileno())
             self._file.close()
             self._dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._partial, self._dest)

@@ -8,7 +8,7 @@ import typer
 
 from preheat.cli.options import Json, Store
 
-app = typer.Typer(help="Browse and remove artifacts.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Browse and remove artifacts.", no_args_is_help=True)
 
 
 def _catalog(store):

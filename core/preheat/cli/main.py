@@ -11,6 +11,7 @@ from preheat.cli import artifacts, gc, plugins, prefetch, resolve, runs
 
 app = typer.Typer(
     name="preheat",
+    rich_markup_mode=None,
     help="Prepare large language models for serving before the server starts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,7 +55,10 @@ def main() -> None:
     debug = os.environ.get("PREHEAT_DEBUG", "") not in ("", "0")
     try:
         _mount_plugin_commands()
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # without standalone mode, Click returns the code of a `typer.Exit` instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PreheatError as exc:
         if debug:
             raise

@@ -50,10 +50,12 @@ class Bars(Progress):
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress as RichProgress,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
         )
 
         self._progress = RichProgress(

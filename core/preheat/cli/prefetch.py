@@ -9,7 +9,7 @@ import typer
 
 from preheat.cli.options import Json, Quiet, Store
 
-app = typer.Typer(help="Fetch a model into the store, verified, optionally pre-sharded.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Fetch a model into the store, verified, optionally pre-sharded.", no_args_is_help=True)
 
 
 def run_summary(record, catalog) -> dict:

@@ -8,7 +8,7 @@ import typer
 
 from preheat.cli.options import Json, Quiet, Store
 
-app = typer.Typer(help="Follow and control runs.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Follow and control runs.", no_args_is_help=True)
 RunName = Annotated[str, typer.Argument(help="Run name, as printed by `preheat prefetch`.")]
 
 
