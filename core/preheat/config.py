@@ -36,6 +36,12 @@ def open_store(url: str | None = None) -> Store:
     registration = get_registry().get("stores", scheme)
     if registration is None:
         known = ", ".join(f"{s}://" for s in get_registry().names("stores"))
-        hint = " (install preheat-storage for s3://, gs://, az://)" if scheme in {"s3", "gs", "az", "azure", "abfs", "abfss", "memory"} else ""
-        raise PreheatError(f"unknown store URL scheme {scheme}:// in {url!r}{hint}; supported: {known}")
+        hint = (
+            " (install preheat-storage for s3://, gs://, az://)"
+            if scheme in {"s3", "gs", "az", "azure", "abfs", "abfss", "memory"}
+            else ""
+        )
+        raise PreheatError(
+            f"unknown store URL scheme {scheme}:// in {url!r}{hint}; supported: {known}"
+        )
     return registration.value(url)

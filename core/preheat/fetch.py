@@ -96,7 +96,9 @@ def check_path(path: str) -> str:
     return path
 
 
-def select(files: Iterable[RemoteFile], include: Iterable[str], exclude: Iterable[str]) -> list[RemoteFile]:
+def select(
+    files: Iterable[RemoteFile], include: Iterable[str], exclude: Iterable[str]
+) -> list[RemoteFile]:
     """Files matching any `include` glob (all when none) and no `exclude` glob."""
     include, exclude = list(include), list(exclude)
 

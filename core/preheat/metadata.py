@@ -52,7 +52,9 @@ class SafetensorsHeader:
     data_start: int
 
 
-def parse_safetensors_header(read: Callable[[int, int], bytes], path: str = "file") -> SafetensorsHeader:
+def parse_safetensors_header(
+    read: Callable[[int, int], bytes], path: str = "file"
+) -> SafetensorsHeader:
     """Parse a safetensors header with `read(start, length)`, in one read when it is small."""
     head = read(0, HEADER_PROBE)
     if len(head) < 8:
@@ -67,7 +69,13 @@ def parse_safetensors_header(read: Callable[[int, int], bytes], path: str = "fil
         raise PreheatError(f"{path} has a corrupt safetensors header") from None
     meta = header.pop("__metadata__", None) or {}
     tensors = {
-        name: TensorInfo(name, t["dtype"], tuple(t["shape"]), 8 + n + t["data_offsets"][0], 8 + n + t["data_offsets"][1])
+        name: TensorInfo(
+            name,
+            t["dtype"],
+            tuple(t["shape"]),
+            8 + n + t["data_offsets"][0],
+            8 + n + t["data_offsets"][1],
+        )
         for name, t in header.items()
     }
     return SafetensorsHeader(tensors=tensors, metadata=meta, data_start=8 + n)
@@ -158,7 +166,9 @@ def detect_metadata(
     return Metadata(**detected)
 
 
-def serving_facts(config: Mapping[str, Any] | None, headers: Mapping[str, SafetensorsHeader]) -> ServingFacts:
+def serving_facts(
+    config: Mapping[str, Any] | None, headers: Mapping[str, SafetensorsHeader]
+) -> ServingFacts:
     """Exact parameter count and bytes by dtype from the headers; shape facts from the config."""
     cfg = text_config(config or {})
     seen: set[str] = set()
@@ -177,10 +187,18 @@ def serving_facts(config: Mapping[str, Any] | None, headers: Mapping[str, Safete
     head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
     quant = (config or {}).get("quantization_config") or cfg.get("quantization_config")
     experts = next(
-        (cfg[k] for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts") if cfg.get(k)),
+        (
+            cfg[k]
+            for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+            if cfg.get(k)
+        ),
         None,
     )
-    dtype = max(by_dtype, key=by_dtype.get) if by_dtype else (cfg.get("torch_dtype") or cfg.get("dtype"))
+    dtype = (
+        max(by_dtype, key=by_dtype.get)
+        if by_dtype
+        else (cfg.get("torch_dtype") or cfg.get("dtype"))
+    )
     return ServingFacts(
         parameters=params if headers else None,
         bytes_by_dtype=by_dtype,
@@ -194,7 +212,11 @@ def serving_facts(config: Mapping[str, Any] | None, headers: Mapping[str, Safete
         intermediate=cfg.get("intermediate_size"),
         vocab=cfg.get("vocab_size"),
         max_positions=cfg.get("max_position_embeddings"),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", (config or {}).get("tie_word_embeddings", False))),
-        quantization=(quant.get("quant_method") or "unknown") if isinstance(quant, Mapping) else None,
+        tied_embeddings=bool(
+            cfg.get("tie_word_embeddings", (config or {}).get("tie_word_embeddings", False))
+        ),
+        quantization=(quant.get("quant_method") or "unknown")
+        if isinstance(quant, Mapping)
+        else None,
         experts=experts,
     )

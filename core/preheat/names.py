@@ -46,7 +46,9 @@ def parse_ref(ref: str) -> tuple[str, str]:
     validate_artifact_name(name)
     version = version or "latest"
     if not _VERSION_RE.match(version):
-        raise PreheatError(f"invalid artifact version {version!r} in {ref!r}: use NAME or NAME:VERSION")
+        raise PreheatError(
+            f"invalid artifact version {version!r} in {ref!r}: use NAME or NAME:VERSION"
+        )
     return name, version
 
 
@@ -58,5 +60,7 @@ def new_run_name() -> str:
 def validate_run_name(name: str) -> str:
     """Return `name` if it can be a run name, else raise."""
     if not _RUN_RE.match(name or ""):
-        raise PreheatError(f"invalid run name {name!r}: run names look like r20260101-120000-ab12cd")
+        raise PreheatError(
+            f"invalid run name {name!r}: run names look like r20260101-120000-ab12cd"
+        )
     return name

@@ -82,7 +82,9 @@ def prepare(request: PrefetchRequest) -> Prepared:
     return Prepared(request=request, name=name, shard=shard)
 
 
-def version_of(snapshot: Snapshot, paths: list[str], shard: dict | None, force: int, tag: str = "") -> str:
+def version_of(
+    snapshot: Snapshot, paths: list[str], shard: dict | None, force: int, tag: str = ""
+) -> str:
     """A deterministic version from (repo, commit, file selection, shard spec, force)."""
     payload = json.dumps(
         {
@@ -145,7 +147,12 @@ class Pipeline:
             raise PreheatError(
                 f"no file of {request.repo}@{snapshot.source.commit[:12]} matches the include/exclude patterns"
             )
-        log.info("pinned %s to commit %s (%d files selected)", request.repo, snapshot.source.commit, len(files))
+        log.info(
+            "pinned %s to commit %s (%d files selected)",
+            request.repo,
+            snapshot.source.commit,
+            len(files),
+        )
         paths = [f.path for f in files]
         base_version = version_of(snapshot, paths, None, request.force)
 
@@ -183,7 +190,17 @@ class Pipeline:
         self._check()
 
         if base is None:
-            base = self._fetch(fetcher, snapshot, files, name, base_version, request, metadata, serving, alias=plan is None)
+            base = self._fetch(
+                fetcher,
+                snapshot,
+                files,
+                name,
+                base_version,
+                request,
+                metadata,
+                serving,
+                alias=plan is None,
+            )
             if plan is None:
                 return Outcome(base, False)
         return self._shard(sharder, plan, base, name, target_version, serving)
@@ -211,11 +228,15 @@ class Pipeline:
             try:
                 config = json.loads(raw_config)
             except ValueError:
-                raise PreheatError(f"config.json of {snapshot.source.repo} is not valid JSON") from None
+                raise PreheatError(
+                    f"config.json of {snapshot.source.repo} is not valid JSON"
+                ) from None
         readme = raw_readme.decode(errors="replace") if raw_readme is not None else None
         return config, readme, headers
 
-    def _check_capacity(self, resources: Resources, to_fetch: list[RemoteFile], plan: ShardPlan | None) -> None:
+    def _check_capacity(
+        self, resources: Resources, to_fetch: list[RemoteFile], plan: ShardPlan | None
+    ) -> None:
         need = sum(f.size for f in to_fetch) + (plan.output_bytes if plan else 0)
         if self.store.local_path("artifacts") is not None:
             free = self.store.free_bytes()
@@ -248,7 +269,9 @@ class Pipeline:
     ) -> Manifest:
         draft = Draft(self.catalog, name, version, self.run)
         published = draft.acquire(
-            on_wait=lambda other: log.info("waiting for run %s, which is fetching %s:%s", other, name, version),
+            on_wait=lambda other: log.info(
+                "waiting for run %s, which is fetching %s:%s", other, name, version
+            ),
             cancelled=self.cancel.is_set,
         )
         if published is not None:
@@ -322,17 +345,26 @@ class Pipeline:
                 raise first
             return [f.result() for f in futures]
 
-    def _shard(self, sharder, plan: ShardPlan, base: Manifest, name: str, version: str, serving) -> Outcome:
+    def _shard(
+        self, sharder, plan: ShardPlan, base: Manifest, name: str, version: str, serving
+    ) -> Outcome:
         draft = Draft(self.catalog, name, version, self.run)
         published = draft.acquire(
-            on_wait=lambda other: log.info("waiting for run %s, which is sharding %s:%s", other, name, version),
+            on_wait=lambda other: log.info(
+                "waiting for run %s, which is sharding %s:%s", other, name, version
+            ),
             cancelled=self.cancel.is_set,
         )
         if published is not None:
             return Outcome(published, True)
         try:
-            source = SourceArtifact(self.store, self.catalog.artifact_prefix(base.name, base.version), base)
-            self._stage(f"sharding for {plan.spec.engine} at tp={plan.spec.tensor_parallel_size}", plan.output_bytes)
+            source = SourceArtifact(
+                self.store, self.catalog.artifact_prefix(base.name, base.version), base
+            )
+            self._stage(
+                f"sharding for {plan.spec.engine} at tp={plan.spec.tensor_parallel_size}",
+                plan.output_bytes,
+            )
 
             def progress(n: int) -> None:
                 self._check()

@@ -73,7 +73,9 @@ def hf_model(
             }.items()
             if v is not None
         },
-        resources=Resources(cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator),
+        resources=Resources(
+            cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator
+        ),
     )
     return submit(request, store=store, executor=executor)
 

@@ -37,7 +37,10 @@ def _holder_alive(holder: dict) -> bool:
     if holder.get("host") == socket.gethostname():
         try:
             proc = psutil.Process(holder["pid"])
-            return abs(proc.create_time() - holder["started"]) < 1 and proc.status() != psutil.STATUS_ZOMBIE
+            return (
+                abs(proc.create_time() - holder["started"]) < 1
+                and proc.status() != psutil.STATUS_ZOMBIE
+            )
         except (psutil.NoSuchProcess, KeyError):
             return False
     return time.time() - holder.get("heartbeat", 0) < LEASE_TTL
@@ -73,7 +76,12 @@ class Draft:
             }
         ).encode()
 
-    def acquire(self, *, on_wait: Callable[[str], None] | None = None, cancelled: Callable[[], bool] = lambda: False) -> Manifest | None:
+    def acquire(
+        self,
+        *,
+        on_wait: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Manifest | None:
         """Take the lease; if another live run holds it, wait until it publishes.
 
         Returns the published manifest when the version appeared meanwhile
@@ -87,9 +95,13 @@ class Draft:
             current = self.store.read(self._lease_key)
             try:
                 if current is None:
-                    self._lease_etag = self.store.put(self._lease_key, self._lease_body(), if_absent=True).etag
+                    self._lease_etag = self.store.put(
+                        self._lease_key, self._lease_body(), if_absent=True
+                    ).etag
                 elif not _holder_alive(json.loads(current[0])):
-                    self._lease_etag = self.store.put(self._lease_key, self._lease_body(), if_match=current[1]).etag
+                    self._lease_etag = self.store.put(
+                        self._lease_key, self._lease_body(), if_match=current[1]
+                    ).etag
                 else:
                     if not waited and on_wait is not None:
                         on_wait(json.loads(current[0]).get("run", "another run"))
@@ -132,7 +144,9 @@ class Draft:
     def check(self) -> None:
         """Raise if another run took the lease over (this one was presumed dead)."""
         if self.lost.is_set():
-            raise PreheatError(f"run {self.run} lost its lease on {self.name}:{self.version} to another run")
+            raise PreheatError(
+                f"run {self.run} lost its lease on {self.name}:{self.version} to another run"
+            )
 
     # files
 

@@ -41,7 +41,9 @@ class Resolver(abc.ABC):
     """Turns a manifest and its location into an engine's launch arguments."""
 
     @abc.abstractmethod
-    def launch(self, manifest: Manifest, location: Location, *, tensor_parallel_size: int | None = None) -> Launch:
+    def launch(
+        self, manifest: Manifest, location: Location, *, tensor_parallel_size: int | None = None
+    ) -> Launch:
         """The engine arguments for `manifest` at `location`; refuse a mismatched tensor-parallel size."""
 
 
@@ -50,7 +52,9 @@ def location(catalog: Catalog, manifest: Manifest) -> Location:
     prefix = catalog.artifact_prefix(manifest.name, manifest.version).rstrip("/")
     local = catalog.store.local_path(prefix)
     env = getattr(catalog.store, "streaming_env", lambda: {})()
-    return Location(uri=catalog.store.uri(prefix), path=str(local) if local is not None else None, env=env)
+    return Location(
+        uri=catalog.store.uri(prefix), path=str(local) if local is not None else None, env=env
+    )
 
 
 def _file_ok(path: Path, entry: FileEntry) -> bool:
@@ -63,7 +67,9 @@ def _file_ok(path: Path, entry: FileEntry) -> bool:
     return digest.hexdigest() == entry.sha256
 
 
-def materialize(catalog: Catalog, manifest: Manifest, dest: str | os.PathLike[str], *, workers: int = 8) -> Path:
+def materialize(
+    catalog: Catalog, manifest: Manifest, dest: str | os.PathLike[str], *, workers: int = 8
+) -> Path:
     """Copy an artifact's files into `dest`, verifying sha256 and reusing files already there intact."""
     dest = Path(dest).expanduser().resolve()
     prefix = catalog.artifact_prefix(manifest.name, manifest.version)
@@ -82,7 +88,9 @@ def materialize(catalog: Catalog, manifest: Manifest, dest: str | os.PathLike[st
                 digest.update(chunk)
         if digest.hexdigest() != entry.sha256:
             tmp.unlink(missing_ok=True)
-            raise PreheatError(f"{entry.path} in {manifest.ref} does not match its manifest sha256: the store copy is damaged")
+            raise PreheatError(
+                f"{entry.path} in {manifest.ref} does not match its manifest sha256: the store copy is damaged"
+            )
         os.replace(tmp, target)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -90,10 +98,14 @@ def materialize(catalog: Catalog, manifest: Manifest, dest: str | os.PathLike[st
     return dest
 
 
-def engine_launch(engine: str, manifest: Manifest, where: Location, tensor_parallel_size: int | None) -> Launch:
+def engine_launch(
+    engine: str, manifest: Manifest, where: Location, tensor_parallel_size: int | None
+) -> Launch:
     """Ask the engine's resolver plugin for launch arguments."""
     reg = get_registry().get("resolvers", engine)
     if reg is None:
         known = ", ".join(get_registry().names("resolvers")) or "none installed"
-        raise PreheatError(f"no resolver for engine {engine!r} (available: {known}); install preheat-{engine}")
+        raise PreheatError(
+            f"no resolver for engine {engine!r} (available: {known}); install preheat-{engine}"
+        )
     return reg.value().launch(manifest, where, tensor_parallel_size=tensor_parallel_size)

@@ -14,7 +14,7 @@ _SUFFIXES = {
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
-_QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?(?:[eE][0-9]+)?)(k|Ki|[MGTPE]i?)?$")
+_QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?(?:[eE][0-9]+)?)\s*(k|K|Ki|[MGTPE]i?)?B?$")
 
 GiB = 2**30
 
@@ -54,10 +54,9 @@ def parse_quantity(value: str | int, what: str) -> int:
         return value
     m = _QUANTITY_RE.match(str(value).strip())
     if not m:
-        raise PreheatError(
-            f"invalid {what} {value!r}: use a quantity like 16Gi, 100G or 512Mi"
-        )
-    return int(float(m.group(1)) * _SUFFIXES[m.group(2) or ""])
+        raise PreheatError(f"invalid {what} {value!r}: use a quantity like 16Gi, 100G or 512Mi")
+    suffix = m.group(2) or ""
+    return int(float(m.group(1)) * _SUFFIXES["k" if suffix == "K" else suffix])
 
 
 def parse_cpu(value: str | int) -> float:
@@ -73,10 +72,12 @@ def parse_accelerator(value: str) -> tuple[str, int]:
     """(type, count) from `TYPE:COUNT` (count defaults to 1), e.g. `L40s:4`."""
     text = str(value).strip()
     kind, sep, count = text.partition(":")
-    if not kind or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", kind) or (sep and not count.isdigit()):
-        raise PreheatError(
-            f"invalid accelerator {value!r}: use TYPE:COUNT, e.g. L40s:4 or H100:8"
-        )
+    if (
+        not kind
+        or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", kind)
+        or (sep and not count.isdigit())
+    ):
+        raise PreheatError(f"invalid accelerator {value!r}: use TYPE:COUNT, e.g. L40s:4 or H100:8")
     n = int(count) if sep else 1
     if n < 1:
         raise PreheatError(f"invalid accelerator {value!r}: the count must be at least 1")

@@ -28,7 +28,9 @@ SAVE_EVERY = 1.0
 class RunState(Progress):
     """Keeps a run record up to date in the store (throttled) and watches for a cancel request."""
 
-    def __init__(self, catalog: Catalog, record: RunRecord, cancel: threading.Event, forward: Progress | None) -> None:
+    def __init__(
+        self, catalog: Catalog, record: RunRecord, cancel: threading.Event, forward: Progress | None
+    ) -> None:
         self.catalog = catalog
         self.record = record
         self.cancel = cancel
@@ -44,7 +46,9 @@ class RunState(Progress):
 
     def update(self, **changes) -> None:
         with self._lock:
-            self.record = attrs.evolve(self.record, updated=now_iso(), bytes_done=self._done, **changes)
+            self.record = attrs.evolve(
+                self.record, updated=now_iso(), bytes_done=self._done, **changes
+            )
             self.catalog.save_run(self.record)
             self._dirty = False
 
@@ -68,7 +72,9 @@ class RunState(Progress):
             with self._lock:
                 if self._dirty:
                     with contextlib.suppress(Exception):
-                        self.record = attrs.evolve(self.record, updated=now_iso(), bytes_done=self._done)
+                        self.record = attrs.evolve(
+                            self.record, updated=now_iso(), bytes_done=self._done
+                        )
                         self.catalog.save_run(self.record)
                     self._dirty = False
 
@@ -100,10 +106,18 @@ def _run_log(catalog: Catalog, run: str, echo: bool):
         handler.close()
         if upload:
             with contextlib.suppress(Exception):
-                catalog.store.put(catalog.log_key(run), redact(path.read_text(errors="replace")).encode())
+                catalog.store.put(
+                    catalog.log_key(run), redact(path.read_text(errors="replace")).encode()
+                )
 
 
-def execute(store_url: str, run: str, *, progress: Progress | None = None, cancel: threading.Event | None = None) -> RunRecord:
+def execute(
+    store_url: str,
+    run: str,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> RunRecord:
     """Run the pipeline of run record `run` here and return its final record."""
     catalog = Catalog(open_store(store_url))
     record = catalog.run(run)
@@ -119,7 +133,10 @@ def execute(store_url: str, run: str, *, progress: Progress | None = None, cance
             outcome = pipeline.prefetch(record.request)
             state.stop()
             state.update(
-                status="succeeded", artifact=outcome.manifest.ref, reused=outcome.reused, stage="done"
+                status="succeeded",
+                artifact=outcome.manifest.ref,
+                reused=outcome.reused,
+                stage="done",
             )
             log.info(
                 "run %s succeeded in %.1fs: %s%s",
@@ -135,7 +152,9 @@ def execute(store_url: str, run: str, *, progress: Progress | None = None, cance
             log.error("run %s failed: %s", run, exc)
         except Exception as exc:
             state.stop()
-            state.update(status="failed", error=redact(f"internal error: {type(exc).__name__}: {exc}"))
+            state.update(
+                status="failed", error=redact(f"internal error: {type(exc).__name__}: {exc}")
+            )
             log.error("run %s failed with an internal error:\n%s", run, traceback.format_exc())
         finally:
             catalog.store.delete(catalog.cancel_key(run))

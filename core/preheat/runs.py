@@ -90,7 +90,9 @@ class Run:
             raise PreheatError(f"run {self.name} has no outputs: it is {record.status}{detail}")
         manifest = self.catalog.resolve(str(record.artifact))
         where = location(self.catalog, manifest)
-        return [RunOutputValue(path=where.path or where.uri, uri=where.uri, artifact=record.artifact)]
+        return [
+            RunOutputValue(path=where.path or where.uri, uri=where.uri, artifact=record.artifact)
+        ]
 
     def logs(self) -> str:
         """The run's log so far."""
@@ -104,13 +106,20 @@ class Run:
         return lookup("executors", record.executor).value().cancel(record)
 
 
-def create_run(request: PrefetchRequest, store: str | None = None, executor: str = "local") -> tuple[Run, RunRecord]:
+def create_run(
+    request: PrefetchRequest, store: str | None = None, executor: str = "local"
+) -> tuple[Run, RunRecord]:
     """Validate `request` and save a queued run record for it."""
     prepare(request)
     url = store or default_store_url()
     catalog = Catalog(open_store(url))
     record = RunRecord(
-        name=new_run_name(), status="queued", request=request, created=now_iso(), store=url, executor=executor
+        name=new_run_name(),
+        status="queued",
+        request=request,
+        created=now_iso(),
+        store=url,
+        executor=executor,
     )
     catalog.save_run(record)
     run = Run(record.name, url)

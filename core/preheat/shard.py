@@ -45,12 +45,18 @@ class ShardConfig:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise PreheatError(f"shard config {path} is not valid YAML{where}: fix the syntax") from None
+            raise PreheatError(
+                f"shard config {path} is not valid YAML{where}: fix the syntax"
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("engine"), str):
-            raise PreheatError(f"shard config {path} must be a mapping with `engine: NAME` and `args: {{...}}`")
+            raise PreheatError(
+                f"shard config {path} must be a mapping with `engine: NAME` and `args: {{...}}`"
+            )
         unknown = set(data) - {"engine", "args"}
         if unknown:
-            raise PreheatError(f"shard config {path}: unknown key(s) {', '.join(sorted(unknown))}; use engine and args")
+            raise PreheatError(
+                f"shard config {path}: unknown key(s) {', '.join(sorted(unknown))}; use engine and args"
+            )
         args = data.get("args") or {}
         if not isinstance(args, dict):
             raise PreheatError(f"shard config {path}: `args` must be a mapping")
@@ -83,14 +89,16 @@ def normalize_shard_config(config: ShardConfig | Mapping[str, Any] | str | Path)
     if args is None:
         args = args_class()
     elif isinstance(args, Mapping):
+        allowed = [f.name for f in attrs.fields(args_class)]
+        unknown = sorted(set(args) - set(allowed))
+        if unknown:
+            raise PreheatError(
+                f"{config.engine} shard args: unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}"
+            )
         try:
-            args = _args_converter.structure(dict(args), args_class)
-        except cattrs.errors.ForbiddenExtraKeysError as exc:
-            fields = ", ".join(sorted(exc.extra_fields))
-            allowed = ", ".join(f.name for f in attrs.fields(args_class))
-            raise PreheatError(f"{config.engine} shard args: unknown field(s) {fields}; allowed: {allowed}") from None
-        except cattrs.errors.ClassValidationError as exc:
-            raise PreheatError(f"{config.engine} shard args: {_first_error(exc)}") from None
+            args = args_class(**args)
+        except PreheatError as exc:
+            raise PreheatError(f"{config.engine} shard args: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise PreheatError(f"{config.engine} shard args: {exc}") from None
     elif not isinstance(args, args_class):
@@ -98,13 +106,6 @@ def normalize_shard_config(config: ShardConfig | Mapping[str, Any] | str | Path)
             f"shard args for engine {config.engine!r} must be a {args_class.__name__}, not {type(args).__name__}"
         )
     return config.engine, args
-
-
-def _first_error(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    note = "; ".join(getattr(exc, "__notes__", []) or [])
-    return f"{exc} ({note})" if note else str(exc)
 
 
 def shard_request(engine: str, args: Any) -> dict[str, Any]:
@@ -166,7 +167,9 @@ class SourceArtifact:
         """Parsed headers of every safetensors file of the artifact."""
         if self._headers is None:
             self._headers = {
-                f.path: parse_safetensors_header(lambda s, n, p=f.path: self.read_range(p, s, n), f.path)
+                f.path: parse_safetensors_header(
+                    lambda s, n, p=f.path: self.read_range(p, s, n), f.path
+                )
                 for f in self.manifest.files
                 if f.path.endswith(".safetensors")
             }

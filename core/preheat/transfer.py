@@ -32,7 +32,11 @@ def _context() -> ssl.SSLContext:
 
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    return (
+        parts.scheme,
+        parts.hostname or "",
+        parts.port or (443 if parts.scheme == "https" else 80),
+    )
 
 
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
@@ -116,7 +120,12 @@ def get(url: str, headers: dict[str, str], *, timeout: float = 60.0) -> Body:
         response = None
         for attempt in range(2):
             conn, absolute = _connection(url, timeout)
-            path = url if absolute else (urlsplit(url).path or "/") + (f"?{urlsplit(url).query}" if urlsplit(url).query else "")
+            path = (
+                url
+                if absolute
+                else (urlsplit(url).path or "/")
+                + (f"?{urlsplit(url).query}" if urlsplit(url).query else "")
+            )
             try:
                 conn.request("GET", path, headers=headers)
                 response = conn.getresponse()

@@ -59,7 +59,9 @@ class HfFetcher(Fetcher):
 
         return HfApi(endpoint=self.endpoint, token=self._token or False)
 
-    def _error(self, exc: Exception, repo: str, revision: str | None = None, path: str | None = None) -> PreheatError:
+    def _error(
+        self, exc: Exception, repo: str, revision: str | None = None, path: str | None = None
+    ) -> PreheatError:
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -81,21 +83,33 @@ class HfFetcher(Fetcher):
             )
         if isinstance(exc, RepositoryNotFoundError):
             if status == 401 and self._token:
-                return PreheatError(f"the hub at {self.endpoint} rejected the token in ${key} (401): check or renew it")
-            suffix = "" if self._token else f" (if it is private, set ${key} to a token with access)"
+                return PreheatError(
+                    f"the hub at {self.endpoint} rejected the token in ${key} (401): check or renew it"
+                )
+            suffix = (
+                "" if self._token else f" (if it is private, set ${key} to a token with access)"
+            )
             return NotFound(f"repo {repo} not found on {self.endpoint}{suffix}")
         if isinstance(exc, RevisionNotFoundError):
-            return NotFound(f"revision {revision!r} not found in repo {repo}: use a branch, tag or commit that exists")
+            return NotFound(
+                f"revision {revision!r} not found in repo {repo}: use a branch, tag or commit that exists"
+            )
         if isinstance(exc, RemoteEntryNotFoundError):
             return NotFound(f"file {path!r} not found in {repo} at {revision}")
         if isinstance(exc, HfHubHTTPError):
             if status in (401, 403):
                 if self._token:
-                    return PreheatError(f"the hub at {self.endpoint} rejected the token in ${key} ({status}): check or renew it")
-                return PreheatError(f"the hub at {self.endpoint} refused access to {repo} ({status}): set ${key} to a token with access")
+                    return PreheatError(
+                        f"the hub at {self.endpoint} rejected the token in ${key} ({status}): check or renew it"
+                    )
+                return PreheatError(
+                    f"the hub at {self.endpoint} refused access to {repo} ({status}): set ${key} to a token with access"
+                )
             first = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return PreheatError(f"hub request for {repo} failed: {first}")
-        return PreheatError(f"cannot reach the hub at {self.endpoint}: {self._scrub(str(exc)) or type(exc).__name__}")
+        return PreheatError(
+            f"cannot reach the hub at {self.endpoint}: {self._scrub(str(exc)) or type(exc).__name__}"
+        )
 
     def _call(self, fn: Callable, repo: str, revision: str | None = None, path: str | None = None):
         """Run a hub API call, retrying transient failures, mapping errors to one line."""
@@ -107,8 +121,12 @@ class HfFetcher(Fetcher):
                 return fn()
             except Exception as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
-                transient = (isinstance(exc, HfHubHTTPError) and status is not None and status >= 500) or (
-                    not isinstance(exc, HfHubHTTPError) and isinstance(exc, (OSError, ConnectionError)) or _is_transport(exc)
+                transient = (
+                    isinstance(exc, HfHubHTTPError) and status is not None and status >= 500
+                ) or (
+                    not isinstance(exc, HfHubHTTPError)
+                    and isinstance(exc, (OSError, ConnectionError))
+                    or _is_transport(exc)
                 )
                 if transient and attempt < _retries():
                     time.sleep(_backoff(attempt))
@@ -118,7 +136,9 @@ class HfFetcher(Fetcher):
 
     def snapshot(self, repo: str, revision: str | None) -> Snapshot:
         if offline():
-            raise PreheatError("HF_HUB_OFFLINE is set: the hub cannot be reached; unset it to prefetch")
+            raise PreheatError(
+                "HF_HUB_OFFLINE is set: the hub cannot be reached; unset it to prefetch"
+            )
         api = self._api()
         rev = revision or "main"
         info = self._call(lambda: api.model_info(repo, revision=rev), repo, rev)
@@ -128,7 +148,9 @@ class HfFetcher(Fetcher):
 
         def listing():
             return [
-                e for e in api.list_repo_tree(repo, revision=commit, recursive=True) if hasattr(e, "blob_id")
+                e
+                for e in api.list_repo_tree(repo, revision=commit, recursive=True)
+                if hasattr(e, "blob_id")
             ]
 
         entries = self._call(listing, repo, rev)
@@ -140,12 +162,16 @@ class HfFetcher(Fetcher):
             else:
                 files.append(RemoteFile(path=e.path, size=e.size, git_oid=e.blob_id))
         files.sort(key=lambda f: f.path)
-        return Snapshot(source=Source(type="hf", repo=repo, revision=rev, commit=commit), files=tuple(files))
+        return Snapshot(
+            source=Source(type="hf", repo=repo, revision=rev, commit=commit), files=tuple(files)
+        )
 
     def _url(self, snapshot: Snapshot, path: str) -> str:
         from huggingface_hub import hf_hub_url
 
-        return hf_hub_url(snapshot.source.repo, path, revision=snapshot.source.commit, endpoint=self.endpoint)
+        return hf_hub_url(
+            snapshot.source.repo, path, revision=snapshot.source.commit, endpoint=self.endpoint
+        )
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
@@ -153,7 +179,10 @@ class HfFetcher(Fetcher):
         from preheat import __version__
 
         return build_hf_headers(
-            token=self._token or False, library_name="preheat", library_version=__version__, headers=extra
+            token=self._token or False,
+            library_name="preheat",
+            library_version=__version__,
+            headers=extra,
         )
 
     def _get(self, snapshot: Snapshot, path: str, headers: dict[str, str] | None = None) -> bytes:
@@ -161,7 +190,10 @@ class HfFetcher(Fetcher):
 
         def call() -> bytes:
             r = get_session().get(
-                self._url(snapshot, path), headers=self._headers(headers), follow_redirects=True, timeout=60
+                self._url(snapshot, path),
+                headers=self._headers(headers),
+                follow_redirects=True,
+                timeout=60,
             )
             hf_raise_for_status(r)
             return r.content
@@ -194,7 +226,9 @@ class HfFetcher(Fetcher):
                 sha1.update(chunk)
             offset += len(chunk)
         if offset > file.size:
-            raise IntegrityError(f"{file.path}: a resumed partial is larger than the file; run `preheat gc` and retry")
+            raise IntegrityError(
+                f"{file.path}: a resumed partial is larger than the file; run `preheat gc` and retry"
+            )
         if offset:
             on_bytes(offset)
         url = self._url(snapshot, file.path)
@@ -212,7 +246,9 @@ class HfFetcher(Fetcher):
                             if not chunk:
                                 continue
                         if offset + len(chunk) > file.size:
-                            raise IntegrityError(f"{file.path}: the hub sent more bytes than the listed size {file.size}")
+                            raise IntegrityError(
+                                f"{file.path}: the hub sent more bytes than the listed size {file.size}"
+                            )
                         writer.write(chunk)
                         sha256.update(chunk)
                         if sha1 is not None:
@@ -222,7 +258,9 @@ class HfFetcher(Fetcher):
                 finally:
                     body.close()
                 if offset < file.size:
-                    raise ConnectionError(f"{file.path}: connection closed at byte {offset} of {file.size}")
+                    raise ConnectionError(
+                        f"{file.path}: connection closed at byte {offset} of {file.size}"
+                    )
             except IntegrityError:
                 raise
             except transfer.HTTPStatus as exc:
@@ -243,7 +281,6 @@ class HfFetcher(Fetcher):
             )
         return digest
 
-
     def _retry_or_raise(self, attempt: int, path: str, exc: Exception) -> int:
         if attempt >= _retries():
             raise PreheatError(
@@ -252,12 +289,19 @@ class HfFetcher(Fetcher):
         time.sleep(_backoff(attempt))
         return attempt + 1
 
-    def _status_error(self, exc: transfer.HTTPStatus, snapshot: Snapshot, path: str) -> PreheatError:
+    def _status_error(
+        self, exc: transfer.HTTPStatus, snapshot: Snapshot, path: str
+    ) -> PreheatError:
         """The library's own typed error for a failed download, mapped to one line."""
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
         try:
-            r = get_session().get(self._url(snapshot, path), headers=self._headers(), follow_redirects=True, timeout=60)
+            r = get_session().get(
+                self._url(snapshot, path),
+                headers=self._headers(),
+                follow_redirects=True,
+                timeout=60,
+            )
             hf_raise_for_status(r)
         except Exception as typed:
             return self._error(typed, snapshot.source.repo, snapshot.source.commit, path)

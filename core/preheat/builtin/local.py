@@ -31,7 +31,9 @@ def _etag(st: os.stat_result) -> str:
 
 def _disk_error(exc: OSError, path: Path) -> PreheatError:
     if exc.errno == errno.ENOSPC:
-        return PreheatError(f"no space left on the device holding {path}: free space or use another --store")
+        return PreheatError(
+            f"no space left on the device holding {path}: free space or use another --store"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PreheatError(f"cannot write {path}: {exc.strerror}; use a writable --store")
     return PreheatError(f"cannot write {path}: {exc.strerror or exc}")
@@ -210,7 +212,11 @@ class LocalStore(Store):
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             if not rel:
                 dirnames[:] = [d for d in dirnames if d not in _HIDDEN]
-            dirnames[:] = [d for d in dirnames if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/")]
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/")
+            ]
             dirnames.sort()
             for name in sorted(filenames):
                 key = rel + name

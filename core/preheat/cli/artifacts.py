@@ -43,7 +43,15 @@ def list_artifacts(store: Store = None, as_json: Json = False) -> None:
         print_json({"artifacts": rows})
         return
     table(
-        [dict(r, latest="*" if r["latest"] else "", commit=r["commit"][:12], bytes=human(r["bytes"])) for r in rows],
+        [
+            dict(
+                r,
+                latest="*" if r["latest"] else "",
+                commit=r["commit"][:12],
+                bytes=human(r["bytes"]),
+            )
+            for r in rows
+        ],
         ["name", "version", "latest", "repo", "commit", "shard", "bytes", "created"],
     )
 
@@ -73,11 +81,17 @@ def get(
     print(f"source: {manifest.source.repo}@{manifest.source.commit} ({manifest.source.revision})")
     print(f"files: {len(manifest.files)} ({human(manifest.total_bytes)})")
     m, s = manifest.metadata, manifest.serving
-    print(f"architecture: {m.architecture}  task: {m.task}  format: {m.format}  model_type: {m.model_type}")
+    print(
+        f"architecture: {m.architecture}  task: {m.task}  format: {m.format}  model_type: {m.model_type}"
+    )
     if s.parameters:
-        print(f"parameters: {s.parameters:,}  dtype: {s.dtype}  layers: {s.layers}  heads: {s.heads}/{s.kv_heads}")
+        print(
+            f"parameters: {s.parameters:,}  dtype: {s.dtype}  layers: {s.layers}  heads: {s.heads}/{s.kv_heads}"
+        )
     if manifest.shard:
-        print(f"shard: {manifest.shard.engine} tp={manifest.shard.tensor_parallel_size} dtype={manifest.shard.dtype}")
+        print(
+            f"shard: {manifest.shard.engine} tp={manifest.shard.tensor_parallel_size} dtype={manifest.shard.dtype}"
+        )
     if manifest.lineage:
         print(f"lineage: {manifest.lineage}")
 

@@ -35,7 +35,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """Prepare large language models for serving before the server starts."""
 
@@ -76,12 +78,21 @@ def main() -> None:
         if debug:
             raise
         name = type(exc).__name__
-        if name in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter", "BadArgumentUsage", "NoArgsIsHelpError"):
+        if name in (
+            "UsageError",
+            "BadParameter",
+            "NoSuchOption",
+            "MissingParameter",
+            "BadArgumentUsage",
+            "NoArgsIsHelpError",
+        ):
             show = getattr(exc, "show", None)
             if show is not None:
                 show()
             sys.exit(getattr(exc, "exit_code", 2))
-        sys.stderr.write(f"error: {name}: {redact(str(exc)).splitlines()[0] if str(exc) else ''} (PREHEAT_DEBUG=1 for details)\n")
+        sys.stderr.write(
+            f"error: {name}: {redact(str(exc)).splitlines()[0] if str(exc) else ''} (PREHEAT_DEBUG=1 for details)\n"
+        )
         sys.exit(1)
 
 

@@ -8,7 +8,11 @@ import typer
 
 Store = Annotated[
     str | None,
-    typer.Option("--store", help="Store URL (default: $PREHEAT_STORE, else a local store under $PREHEAT_HOME).", show_default=False),
+    typer.Option(
+        "--store",
+        help="Store URL (default: $PREHEAT_STORE, else a local store under $PREHEAT_HOME).",
+        show_default=False,
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]

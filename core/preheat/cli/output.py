@@ -27,7 +27,9 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, "") or "")) for r in rows)) for c in columns}
     sys.stdout.write("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip() + "\n")
     for r in rows:
-        sys.stdout.write("  ".join(str(r.get(c, "") or "").ljust(widths[c]) for c in columns).rstrip() + "\n")
+        sys.stdout.write(
+            "  ".join(str(r.get(c, "") or "").ljust(widths[c]) for c in columns).rstrip() + "\n"
+        )
 
 
 def human(n: int | None) -> str:

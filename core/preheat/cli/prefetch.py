@@ -9,7 +9,11 @@ import typer
 
 from preheat.cli.options import Json, Quiet, Store
 
-app = typer.Typer(rich_markup_mode=None, help="Fetch a model into the store, verified, optionally pre-sharded.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Fetch a model into the store, verified, optionally pre-sharded.",
+    no_args_is_help=True,
+)
 
 
 def run_summary(record, catalog) -> dict:
@@ -22,7 +26,12 @@ def run_summary(record, catalog) -> dict:
         manifest = catalog.resolve(str(record.artifact))
         where = location(catalog, manifest)
         path = where.path or where.uri
-        artifact = {"name": manifest.name, "version": manifest.version, "uri": where.uri, "path": path}
+        artifact = {
+            "name": manifest.name,
+            "version": manifest.version,
+            "uri": where.uri,
+            "path": path,
+        }
         outputs = [{"path": path}]
     summary = {
         "run": record.name,
@@ -39,24 +48,54 @@ def run_summary(record, catalog) -> dict:
 @app.command("hf-model")
 def hf_model(
     repo: Annotated[str, typer.Argument(help="Hub repo id, e.g. Qwen/Qwen3-0.6B.")],
-    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (default: main).")] = None,
-    artifact_name: Annotated[str | None, typer.Option(help="Artifact name (default: from the repo name).")] = None,
-    architecture: Annotated[str | None, typer.Option(help="Override the detected architecture.")] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit (default: main).")
+    ] = None,
+    artifact_name: Annotated[
+        str | None, typer.Option(help="Artifact name (default: from the repo name).")
+    ] = None,
+    architecture: Annotated[
+        str | None, typer.Option(help="Override the detected architecture.")
+    ] = None,
     task: Annotated[str | None, typer.Option(help="Override the detected task.")] = None,
-    modality: Annotated[list[str] | None, typer.Option(help="Modality (repeatable; default text).")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="Override the detected weight format.")] = None,
-    model_type: Annotated[str | None, typer.Option(help="Override the detected model_type.")] = None,
-    short_description: Annotated[str | None, typer.Option(help="Override the detected description.")] = None,
-    force: Annotated[int, typer.Option(help="Bump to redo the work instead of reusing the artifact.")] = 0,
-    wait: Annotated[bool, typer.Option("--wait", help="Run in the foreground and print the artifact path.")] = False,
-    hf_token_key: Annotated[str, typer.Option(help="Environment variable holding the Hub token.")] = "HF_TOKEN",
+    modality: Annotated[
+        list[str] | None, typer.Option(help="Modality (repeatable; default text).")
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="Override the detected weight format.")
+    ] = None,
+    model_type: Annotated[
+        str | None, typer.Option(help="Override the detected model_type.")
+    ] = None,
+    short_description: Annotated[
+        str | None, typer.Option(help="Override the detected description.")
+    ] = None,
+    force: Annotated[
+        int, typer.Option(help="Bump to redo the work instead of reusing the artifact.")
+    ] = 0,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Run in the foreground and print the artifact path.")
+    ] = False,
+    hf_token_key: Annotated[
+        str, typer.Option(help="Environment variable holding the Hub token.")
+    ] = "HF_TOKEN",
     cpu: Annotated[str | None, typer.Option(help="CPU request, e.g. 4 or 500m.")] = None,
     mem: Annotated[str | None, typer.Option(help="Memory request, e.g. 16Gi.")] = None,
-    ephemeral_storage: Annotated[str | None, typer.Option(help="Local disk the run may use, e.g. 100Gi.")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="Serving accelerator TYPE:COUNT, e.g. L40s:4.")] = None,
-    shard_config: Annotated[Path | None, typer.Option(help="YAML shard config (engine + args).")] = None,
-    include: Annotated[list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")] = None,
+    ephemeral_storage: Annotated[
+        str | None, typer.Option(help="Local disk the run may use, e.g. 100Gi.")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="Serving accelerator TYPE:COUNT, e.g. L40s:4.")
+    ] = None,
+    shard_config: Annotated[
+        Path | None, typer.Option(help="YAML shard config (engine + args).")
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
+    ] = None,
     store: Store = None,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -69,7 +108,9 @@ def hf_model(
     from preheat.runs import create_run, submit
     from preheat.shard import normalize_shard_config, shard_request
 
-    shard = shard_request(*normalize_shard_config(shard_config)) if shard_config is not None else None
+    shard = (
+        shard_request(*normalize_shard_config(shard_config)) if shard_config is not None else None
+    )
     metadata = {
         "architecture": architecture,
         "task": task,
@@ -88,7 +129,9 @@ def hf_model(
         force=force,
         shard=shard,
         metadata={k: v for k, v in metadata.items() if v is not None},
-        resources=Resources(cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator),
+        resources=Resources(
+            cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator
+        ),
     )
     if not wait:
         run = submit(request, store=store)

@@ -12,10 +12,17 @@ from preheat.cli.options import Json, Store
 
 def resolve(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version).")],
-    to: Annotated[Path | None, typer.Option("--to", help="Copy the artifact into this directory, verified.")] = None,
-    engine: Annotated[str | None, typer.Option(help="Print this engine's launch arguments (e.g. vllm, sglang).")] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Copy the artifact into this directory, verified.")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Print this engine's launch arguments (e.g. vllm, sglang).")
+    ] = None,
     tensor_parallel_size: Annotated[
-        int | None, typer.Option("--tensor-parallel-size", "-tp", help="Refuse unless the artifact matches it.")
+        int | None,
+        typer.Option(
+            "--tensor-parallel-size", "-tp", help="Refuse unless the artifact matches it."
+        ),
     ] = None,
     store: Store = None,
     as_json: Json = False,

@@ -42,7 +42,9 @@ def list_runs(
                 "status": r.status,
                 "repo": r.request.repo,
                 "artifact": str(r.artifact or ""),
-                "progress": f"{human(r.bytes_done)}/{human(r.bytes_total)}" if r.bytes_total and not r.done else "",
+                "progress": f"{human(r.bytes_done)}/{human(r.bytes_total)}"
+                if r.bytes_total and not r.done
+                else "",
                 "created": r.created,
             }
             for r in records
@@ -123,6 +125,8 @@ def cancel(run: RunName, store: Store = None, as_json: Json = False) -> None:
     handle = Run(run, store)
     signalled = handle.cancel()
     if as_json:
-        print_json({"run": run, "cancel_requested": True, "signalled": signalled, "status": handle.status})
+        print_json(
+            {"run": run, "cancel_requested": True, "signalled": signalled, "status": handle.status}
+        )
     else:
         note(f"cancel requested for run {run}" + ("" if signalled else f" (it is {handle.status})"))

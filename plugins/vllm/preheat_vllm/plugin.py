@@ -1,0 +1,46 @@
+"""Registration of the vLLM sharder and resolver (imports stay light until used)."""
+
+from __future__ import annotations
+
+from preheat.hookspecs import hookimpl
+
+from preheat_vllm.args import VLLMShardArgs
+
+
+def make_sharder():
+    """The vLLM sharder: CPU slicing, or vLLM's own save routine with `method: engine`."""
+    from preheat_tp.sharder import TensorParallelSharder, TPJob
+
+    from preheat_vllm.engine import engine_problem, run_engine
+    from preheat_vllm.layout import LAYOUT
+
+    def to_job(args: VLLMShardArgs) -> TPJob:
+        return TPJob(
+            tp=args.tensor_parallel_size,
+            dtype=args.dtype,
+            file_pattern=args.file_pattern,
+            max_file_size=args.max_file_size,
+            method=args.method,
+            trust_remote_code=args.trust_remote_code,
+            args={"max_model_len": args.max_model_len} if args.max_model_len else {},
+        )
+
+    return TensorParallelSharder(
+        LAYOUT, to_job, engine_runner=run_engine, engine_problem=engine_problem
+    )
+
+
+def make_resolver():
+    from preheat_vllm.resolver import VLLMResolver
+
+    return VLLMResolver()
+
+
+@hookimpl
+def preheat_register_sharders(register):
+    register("vllm", make_sharder, VLLMShardArgs)
+
+
+@hookimpl
+def preheat_register_resolvers(register):
+    register("vllm", make_resolver)
