@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from preheat.errors import PreheatError
 from preheat.models import Resources, ShardSpec
 from preheat.resources import accelerator_info, parse_accelerator
-from preheat.shard import ModelView, ShardPlan, Sharder, SourceArtifact
+from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
 
 from . import writer
 from .dtypes import NUMPY, normalize_dtype

@@ -6,8 +6,8 @@ import functools
 
 import numpy as np
 import pytest
-from preheat_testing import models
 
+from preheat_testing import models
 from preheat_tp import (
     ModelShape,
     OutputTensor,

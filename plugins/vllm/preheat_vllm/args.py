@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+
 from preheat.errors import PreheatError
 from preheat.resources import parse_quantity
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from preheat.hookspecs import hookimpl
-
 from preheat_vllm.args import VLLMShardArgs
 
 
 def make_sharder():
     """The vLLM sharder: CPU slicing, or vLLM's own save routine with `method: engine`."""
     from preheat_tp.sharder import TensorParallelSharder, TPJob
-
     from preheat_vllm.engine import engine_problem, run_engine
     from preheat_vllm.layout import LAYOUT
 

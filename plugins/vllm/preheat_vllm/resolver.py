@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from preheat.errors import PreheatError
 from preheat.models import Manifest
 from preheat.resolve import Launch, Location, Resolver
@@ -52,7 +54,7 @@ class VLLMResolver(Resolver):
             str(tp),
         ]
         if shard.file_pattern != "model-rank-{rank}-part-{part}.safetensors":
-            args += ["--model-loader-extra-config", '{"pattern": "%s"}' % shard.file_pattern]
+            args += ["--model-loader-extra-config", json.dumps({"pattern": shard.file_pattern})]
         if shard.args.get("max_model_len"):
             args += ["--max-model-len", str(shard.args["max_model_len"])]
         if shard.dtype != "auto":
