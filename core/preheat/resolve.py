@@ -21,11 +21,16 @@ from preheat.plugins import get_registry
 
 @attrs.frozen
 class Launch:
-    """How to start an engine on an artifact: extra CLI arguments and environment variables."""
+    """How to start an engine on an artifact: its launch command prefix, arguments and environment."""
 
     args: tuple[str, ...] = ()
     env: dict[str, str] = attrs.Factory(dict)
     model: str | None = None
+    command: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        """The whole command line: command prefix, then arguments."""
+        return [*self.command, *self.args]
 
 
 @attrs.frozen

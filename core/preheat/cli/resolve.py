@@ -49,13 +49,19 @@ def resolve(
     if engine is not None:
         launch = engine_launch(engine, manifest, where, tensor_parallel_size)
         model = launch.model or where.path or where.uri
-        data.update(engine=engine, model=model, args=list(launch.args), env=launch.env)
+        data.update(
+            engine=engine,
+            model=model,
+            args=list(launch.args),
+            env=launch.env,
+            command=launch.argv(),
+        )
     if as_json:
         print_json(data)
         return
     if engine is not None:
         for key, value in sorted(data["env"].items()):
             print(f"export {key}={shlex.quote(value)}")
-        print(" ".join(shlex.quote(a) for a in [data["model"], *data["args"]]))
+        print(shlex.join(data["command"]))
     else:
         print(data["path"])

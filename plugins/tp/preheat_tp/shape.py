@@ -15,6 +15,11 @@ FAMILIES = {
 _MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 
 
+# transformers' config defaults for keys a config.json may omit
+_HF_DEFAULT_KV_HEADS = {"mistral": 8}
+_HF_DEFAULT_HEAD_DIM = {"qwen3": 128}
+
+
 class UnsupportedModel(ValueError):
     """The checkpoint is not one whose tensor-parallel layout is known here."""
 
@@ -76,12 +81,12 @@ class ModelShape:
             raise UnsupportedModel(f"config.json lacks integer field(s) {', '.join(missing)}")
         hidden = config["hidden_size"]
         heads = config["num_attention_heads"]
-        kv_heads = config.get("num_key_value_heads") or heads
+        kv_heads = config.get("num_key_value_heads") or _HF_DEFAULT_KV_HEADS.get(family, heads)
         if heads % kv_heads:
             raise UnsupportedModel(
                 f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
             )
-        head_dim = config.get("head_dim") or hidden // heads
+        head_dim = config.get("head_dim") or _HF_DEFAULT_HEAD_DIM.get(family, hidden // heads)
         attention_bias = bool(config.get("attention_bias"))
         return cls(
             architecture=arch,

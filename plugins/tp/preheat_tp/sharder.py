@@ -29,7 +29,7 @@ from . import writer
 from .dtypes import NUMPY, normalize_dtype
 from .plan import LM_HEAD, PlanError, plan_rank
 from .shape import ModelShape, UnsupportedModel, check_tp
-from .tensors import materialize
+from .stream import TensorSource, tensor_chunks
 
 log = logging.getLogger("preheat")
 
@@ -76,6 +76,14 @@ class EngineLayout:
     tied_keep: str = LM_HEAD
     layer_buffers: tuple[Buffer, ...] = ()
     fuse: bool = True
+    widen_vocab_for_tp: bool = False
+    extra_problems: Callable[[Mapping[str, Any], list[str]], list[str]] | None = None
+
+    def vocab_multiple_for(self, shape: ModelShape, tp: int) -> int:
+        """Vocabulary padding at `tp`: the base multiple, or base * tp when the engine widens it to divide."""
+        if self.widen_vocab_for_tp and shape.padded_vocab(self.vocab_multiple) % tp:
+            return self.vocab_multiple * tp
+        return self.vocab_multiple
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,10 @@ class TensorParallelSharder(Sharder):
             return f"mixture-of-experts checkpoints ({view.serving.experts} experts) are not supported by the CPU slicer"
         if any(k in config for k in MULTIMODAL_KEYS):
             return "multimodal checkpoints are not supported by the CPU slicer"
+        if self.layout.extra_problems is not None:
+            problems = self.layout.extra_problems(config, [f.path for f in view.files])
+            if problems:
+                return "; ".join(problems)
         try:
             shape = ModelShape.from_config(config)
         except UnsupportedModel as exc:
@@ -151,10 +163,10 @@ class TensorParallelSharder(Sharder):
                 job.tp,
                 0,
                 {k: (v[0], v[1]) for k, v in index.items()},
-                vocab_multiple=self.layout.vocab_multiple,
+                vocab_multiple=self.layout.vocab_multiple_for(shape, job.tp),
             )
         except PlanError as exc:
-            if check_tp(shape, job.tp, self.layout.vocab_multiple):
+            if check_tp(shape, job.tp, self.layout.vocab_multiple_for(shape, job.tp)):
                 return None  # reported as a tensor-parallel size problem by `plan`
             return f"the checkpoint's tensors do not match its config: {exc}"
         return None
@@ -187,7 +199,7 @@ class TensorParallelSharder(Sharder):
         except UnsupportedModel:
             shape = None
         if shape is not None:
-            problems = check_tp(shape, job.tp, self.layout.vocab_multiple)
+            problems = check_tp(shape, job.tp, self.layout.vocab_multiple_for(shape, job.tp))
             if problems:
                 raise PreheatError(
                     f"tensor-parallel size {job.tp} does not fit {shape.architecture}: "
@@ -250,15 +262,16 @@ class TensorParallelSharder(Sharder):
         job: TPJob,
         rank: int,
         index: Mapping[str, tuple[str, tuple[int, ...]]],
-        read,
+        source: TensorSource | None,
     ) -> list[writer.Entry]:
+        """Rank `rank`'s tensors and buffers; with no `source`, entries describe shapes only."""
         dtype = None if job.dtype == "auto" else normalize_dtype(job.dtype)
         tensors = plan_rank(
             shape,
             job.tp,
             rank,
             index,
-            vocab_multiple=self.layout.vocab_multiple,
+            vocab_multiple=self.layout.vocab_multiple_for(shape, job.tp),
             fuse=self.layout.fuse,
             tied_keep=self.layout.tied_keep,
             dtype=dtype,
@@ -268,15 +281,17 @@ class TensorParallelSharder(Sharder):
                 t.name,
                 t.dtype,
                 t.shape,
-                (lambda t=t: materialize(t, read)) if read else lambda: None,
+                (lambda t=t: tensor_chunks(t, source)) if source else tuple,
             )
             for t in tensors
         ]
         for i in range(shape.layers):
             for b in self.layout.layer_buffers:
-                value = np.full(b.shape, b.value, dtype=NUMPY[b.dtype])
+                value = np.full(b.shape, b.value, dtype=NUMPY[b.dtype]).tobytes()
                 entries.append(
-                    writer.Entry(f"model.layers.{i}.{b.name}", b.dtype, b.shape, lambda v=value: v)
+                    writer.Entry(
+                        f"model.layers.{i}.{b.name}", b.dtype, b.shape, lambda v=value: (v,)
+                    )
                 )
         return entries
 
@@ -321,12 +336,10 @@ class TensorParallelSharder(Sharder):
             for name, h in head.tensors.items()
         }
 
-        def read(name: str, start: int, length: int) -> bytes:
-            path, base = located[name]
-            return source.read_range(path, base + start, length)
+        tensors = TensorSource(located.__getitem__, source.local_path, source.read_range)
 
         def one_rank(rank: int) -> list:
-            entries = self._rank_entries(shape, job, rank, index, read)
+            entries = self._rank_entries(shape, job, rank, index, tensors)
             out = []
             for part, group in enumerate(writer.split_parts(entries, job.max_file_size)):
                 name = job.file_pattern.format(rank=rank, part=part)
@@ -340,9 +353,14 @@ class TensorParallelSharder(Sharder):
             return out
 
         workers = max(1, min(job.tp, 4))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preheat-shard") as pool:
-            for rank_files in pool.map(one_rank, range(job.tp)):
-                files.extend(rank_files)
+        try:
+            with ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="preheat-shard"
+            ) as pool:
+                for rank_files in pool.map(one_rank, range(job.tp)):
+                    files.extend(rank_files)
+        finally:
+            tensors.close()
         return files
 
     def _engine(self, plan: ShardPlan, source: SourceArtifact, write, progress) -> list:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from .dtypes import ITEMSIZE
 
@@ -21,12 +19,12 @@ def itemsize(dtype: str) -> int:
 
 @dataclass(frozen=True)
 class Entry:
-    """One tensor of an output file: its name, dtype, shape and a function producing its raw array."""
+    """One tensor of an output file: its name, dtype, shape and a function producing its raw bytes in chunks."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    produce: Callable[[], np.ndarray]
+    produce: Callable[[], Iterable[bytes | memoryview]]
 
     @property
     def nbytes(self) -> int:
@@ -62,10 +60,12 @@ def chunks(
     """The file's bytes: the header, then each tensor produced only when it is reached."""
     yield header(entries, metadata)
     for e in entries:
-        array = np.ascontiguousarray(e.produce())
-        if array.nbytes != e.nbytes:
-            raise ValueError(f"{e.name}: produced {array.nbytes} bytes, expected {e.nbytes}")
-        yield memoryview(array).cast("B")
+        produced = 0
+        for chunk in e.produce():
+            produced += len(chunk)
+            yield chunk
+        if produced != e.nbytes:
+            raise ValueError(f"{e.name}: produced {produced} bytes, expected {e.nbytes}")
 
 
 def split_parts(entries: Sequence[Entry], max_size: int) -> list[list[Entry]]:

@@ -9,7 +9,7 @@ from preheat_vllm.args import VLLMShardArgs
 def make_sharder():
     """The vLLM sharder: CPU slicing, or vLLM's own save routine with `method: engine`."""
     from preheat_tp.sharder import TensorParallelSharder, TPJob
-    from preheat_vllm.engine import engine_problem, run_engine
+    from preheat_vllm.engine import VLLM
     from preheat_vllm.layout import LAYOUT
 
     def to_job(args: VLLMShardArgs) -> TPJob:
@@ -24,7 +24,7 @@ def make_sharder():
         )
 
     return TensorParallelSharder(
-        LAYOUT, to_job, engine_runner=run_engine, engine_problem=engine_problem
+        LAYOUT, to_job, engine_runner=VLLM.run, engine_problem=VLLM.problem
     )
 
 

@@ -36,7 +36,7 @@ class VLLMResolver(Resolver):
             )
             if remote:
                 args = ["--load-format", "runai_streamer", *args]
-            return Launch(args=tuple(args), env=env, model=model)
+            return Launch(args=tuple(args), env=env, model=model, command=("vllm", "serve", model))
         if shard.engine != "vllm":
             raise PreheatError(
                 f"{manifest.ref} is pre-sharded for {shard.engine}, not vllm: prefetch it with `engine: vllm`"
@@ -59,4 +59,4 @@ class VLLMResolver(Resolver):
             args += ["--max-model-len", str(shard.args["max_model_len"])]
         if shard.dtype != "auto":
             args += ["--dtype", shard.dtype]
-        return Launch(args=tuple(args), env=env, model=model)
+        return Launch(args=tuple(args), env=env, model=model, command=("vllm", "serve", model))

@@ -1,0 +1,1 @@
+"""preheat's SGLang plugin: CPU pre-sharding into SGLang's `sharded_state`, and launch arguments."""

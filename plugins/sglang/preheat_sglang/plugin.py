@@ -1,0 +1,43 @@
+"""Registration of the SGLang sharder and resolver (imports stay light until used)."""
+
+from __future__ import annotations
+
+from preheat.hookspecs import hookimpl
+from preheat_sglang.args import SGLangShardArgs
+
+
+def make_sharder():
+    """The SGLang sharder: CPU slicing, or SGLang's own save routine with `method: engine`."""
+    from preheat_sglang.sharding import LAYOUT, SGLANG
+    from preheat_tp.sharder import TensorParallelSharder, TPJob
+
+    def to_job(args: SGLangShardArgs) -> TPJob:
+        return TPJob(
+            tp=args.tp,
+            dtype=args.dtype,
+            file_pattern=args.file_pattern,
+            max_file_size=args.max_file_size,
+            method=args.method,
+            trust_remote_code=args.trust_remote_code,
+            args={"context_length": args.context_length} if args.context_length else {},
+        )
+
+    return TensorParallelSharder(
+        LAYOUT, to_job, engine_runner=SGLANG.run, engine_problem=SGLANG.problem
+    )
+
+
+def make_resolver():
+    from preheat_sglang.resolver import SGLangResolver
+
+    return SGLangResolver()
+
+
+@hookimpl
+def preheat_register_sharders(register):
+    register("sglang", make_sharder, SGLangShardArgs)
+
+
+@hookimpl
+def preheat_register_resolvers(register):
+    register("sglang", make_resolver)

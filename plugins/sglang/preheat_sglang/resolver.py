@@ -1,0 +1,56 @@
+"""SGLang launch arguments for an artifact."""
+
+from __future__ import annotations
+
+import json
+
+from preheat.errors import PreheatError
+from preheat.models import Manifest
+from preheat.resolve import Launch, Location, Resolver
+from preheat_sglang.layout import FILE_PATTERN
+
+COMMAND = ("python", "-m", "sglang.launch_server")
+
+
+class SGLangResolver(Resolver):
+    """Arguments for `python -m sglang.launch_server --model-path MODEL ...`."""
+
+    def launch(
+        self, manifest: Manifest, location: Location, *, tensor_parallel_size: int | None = None
+    ) -> Launch:
+        if location.path is None:
+            raise PreheatError(
+                f"SGLang loads {manifest.ref} from a local directory only: "
+                "use `preheat resolve ... --to DIR --engine sglang`"
+            )
+        shard = manifest.shard
+        if shard is None:
+            args = ["--model-path", location.path]
+            if tensor_parallel_size:
+                args += ["--tp-size", str(tensor_parallel_size)]
+            return Launch(args=tuple(args), model=location.path, command=COMMAND)
+        if shard.engine != "sglang":
+            raise PreheatError(
+                f"{manifest.ref} is pre-sharded for {shard.engine}, not sglang: prefetch it with `engine: sglang`"
+            )
+        tp = shard.tensor_parallel_size
+        if tensor_parallel_size is not None and tensor_parallel_size != tp:
+            raise PreheatError(
+                f"{manifest.ref} is sharded for tp {tp}, not {tensor_parallel_size}: "
+                f"serve it with --tp-size {tp} or prefetch it again with tp: {tensor_parallel_size}"
+            )
+        args = [
+            "--model-path",
+            location.path,
+            "--load-format",
+            "sharded_state",
+            "--tp-size",
+            str(tp),
+        ]
+        if shard.file_pattern != FILE_PATTERN:
+            args += ["--model-loader-extra-config", json.dumps({"pattern": shard.file_pattern})]
+        if shard.dtype != "auto":
+            args += ["--dtype", shard.dtype]
+        if shard.args.get("context_length"):
+            args += ["--context-length", str(shard.args["context_length"])]
+        return Launch(args=tuple(args), model=location.path, command=COMMAND)
