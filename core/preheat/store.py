@@ -40,7 +40,11 @@ class ObjectWriter(abc.ABC):
 
     @abc.abstractmethod
     def write(self, data: bytes | memoryview) -> None:
-        """Append bytes; may buffer or upload a part."""
+        """Append bytes; may buffer or upload a part.
+
+        Callers reuse `data`'s buffer once this returns: an implementation
+        that keeps the bytes (to upload later) must copy them.
+        """
 
     @abc.abstractmethod
     def commit(self) -> ObjectInfo:
