@@ -172,7 +172,10 @@ class Pipeline:
         self._check_capacity(request.resources, files if base is None else [], None)
 
         self._stage("reading config and safetensors headers")
-        config, readme, headers = self._inspect(fetcher, snapshot, files)
+        if base is not None:
+            config, readme, headers = self._inspect_stored(base)
+        else:
+            config, readme, headers = self._inspect(fetcher, snapshot, files)
         metadata = detect_metadata(config, readme, paths, request.metadata)
         serving = serving_facts(config, headers)
 
@@ -204,6 +207,14 @@ class Pipeline:
             if plan is None:
                 return Outcome(base, False)
         return self._shard(sharder, plan, base, name, target_version, serving)
+
+    def _inspect_stored(self, base: Manifest) -> tuple[dict | None, str | None, dict[str, SafetensorsHeader]]:
+        """Config, README and headers of an already stored artifact (nothing fetched from the source)."""
+        source = SourceArtifact(self.store, self.catalog.artifact_prefix(base.name, base.version), base)
+        paths = {f.path for f in base.files}
+        config = json.loads(source.read("config.json")) if "config.json" in paths else None
+        readme = source.read("README.md").decode(errors="replace") if "README.md" in paths else None
+        return config, readme, source.headers()
 
     def _inspect(
         self, fetcher: Fetcher, snapshot: Snapshot, files: list[RemoteFile]

@@ -1,0 +1,174 @@
+"""The two S3 calls obstore does not expose: ListMultipartUploads and AbortMultipartUpload.
+
+Signed with AWS Signature Version 4 using only the standard library, so
+`gc()` can abort the uploads that interrupted writes leave behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An open multipart upload."""
+
+    key: str
+    upload_id: str
+    initiated: dt.datetime
+
+
+class S3Error(Exception):
+    """A failed S3 API call: HTTP status and S3 error code."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(
+            f"{code}: {message}" if status is None else f"HTTP {status} {code}: {message}"
+        )
+        self.status = status
+        self.code = code
+
+
+class S3Api:
+    """A minimal SigV4 client for one bucket."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        region: str,
+        credentials: tuple[str, str, str | None],
+        *,
+        virtual_hosted: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.bucket = bucket
+        self.region = region
+        self.credentials = credentials
+        self.virtual_hosted = virtual_hosted
+        self.timeout = timeout
+
+    def list_uploads(self, prefix: str = "") -> Iterator[Upload]:
+        """Every open multipart upload whose key starts with `prefix`."""
+        key_marker = upload_marker = ""
+        while True:
+            query = {"uploads": "", "prefix": prefix}
+            if key_marker:
+                query["key-marker"] = key_marker
+            if upload_marker:
+                query["upload-id-marker"] = upload_marker
+            root = ElementTree.fromstring(self._request("GET", "", query))
+            for item in _children(root, "Upload"):
+                initiated = _text(item, "Initiated")
+                yield Upload(
+                    key=_text(item, "Key"),
+                    upload_id=_text(item, "UploadId"),
+                    initiated=_parse_time(initiated),
+                )
+            if _text(root, "IsTruncated").lower() != "true":
+                return
+            key_marker = _text(root, "NextKeyMarker")
+            upload_marker = _text(root, "NextUploadIdMarker")
+            if not key_marker and not upload_marker:
+                return
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._request("DELETE", key, {"uploadId": upload_id})
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload" and exc.status != 404:
+                raise
+
+    def _request(self, method: str, key: str, query: dict[str, str]) -> bytes:
+        if self.virtual_hosted:
+            url = f"{self.endpoint}/{_quote(key)}"
+        else:
+            url = f"{self.endpoint}/{_quote(self.bucket)}" + (f"/{_quote(key)}" if key else "")
+        canonical_query = "&".join(
+            f"{_quote(k, safe='-_.~')}={_quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+        )
+        headers = self._sign(method, url, canonical_query)
+        request = urllib.request.Request(f"{url}?{canonical_query}", method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            code, message = exc.reason, ""
+            try:
+                root = ElementTree.fromstring(body)
+                code, message = _text(root, "Code") or code, _text(root, "Message")
+            except ElementTree.ParseError:
+                pass
+            raise S3Error(exc.code, str(code), message) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise S3Error(None, "ConnectionError", str(getattr(exc, "reason", exc))) from None
+
+    def _sign(self, method: str, url: str, canonical_query: str) -> dict[str, str]:
+        access_key, secret_key, token = self.credentials
+        parts = urlsplit(url)
+        now = dt.datetime.now(dt.timezone.utc)
+        amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        headers = {
+            "host": parts.netloc,
+            "x-amz-content-sha256": _EMPTY_SHA256,
+            "x-amz-date": amz_date,
+        }
+        if token:
+            headers["x-amz-security-token"] = token
+        signed = ";".join(sorted(headers))
+        canonical = "\n".join(
+            [
+                method,
+                parts.path or "/",
+                canonical_query,
+                "".join(f"{k}:{headers[k].strip()}\n" for k in sorted(headers)),
+                signed,
+                _EMPTY_SHA256,
+            ]
+        )
+        scope = f"{date}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        key = f"AWS4{secret_key}".encode()
+        for part in (date, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, "
+            f"Signature={signature}"
+        )
+        return headers
+
+
+def _quote(value: str, safe: str = "-_.~/") -> str:
+    return quote(value, safe=safe)
+
+
+def _children(node: ElementTree.Element, name: str) -> list[ElementTree.Element]:
+    return [child for child in node if child.tag.rsplit("}", 1)[-1] == name]
+
+
+def _text(node: ElementTree.Element, name: str) -> str:
+    found = _children(node, name)
+    return (found[0].text or "") if found else ""
+
+
+def _parse_time(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return dt.datetime.now(dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,541 @@
+"""`ObstoreStore`: preheat's Store interface over obstore (S3, GCS, Azure Blob, in-memory)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import obstore
+from obstore import exceptions as oe
+from preheat.errors import NotFound, PreconditionFailed, PreheatError
+from preheat.store import ObjectInfo, ObjectWriter, Store
+
+from preheat_storage.config import Settings, StoreURL, parse_url, resolve
+from preheat_storage.errors import (
+    ErrorContext,
+    Scrubber,
+    StoreError,
+    is_bucket_missing,
+    is_range_error,
+)
+
+try:
+    from preheat.redact import register_secret
+except ImportError:  # an older core without central redaction
+    register_secret = None
+
+log = logging.getLogger(__name__)
+
+_MEMORY: dict[str, Any] = {}
+_MEMORY_LOCK = threading.Lock()
+_DELETE_BATCH = 1000
+_NOT_FOUND = (FileNotFoundError, oe.NotFoundError)  # obstore raises the builtin
+
+
+def memory_backend(name: str):
+    """The process-wide in-memory store called `name` (memory://NAME/...)."""
+    from obstore.store import MemoryStore
+
+    with _MEMORY_LOCK:
+        if name not in _MEMORY:
+            _MEMORY[name] = MemoryStore()
+        return _MEMORY[name]
+
+
+def build_backend(settings: Settings):
+    """The obstore store for `settings` (prefixes are applied by ObstoreStore, not obstore)."""
+    from obstore.store import AzureStore, GCSStore, S3Store
+
+    url = settings.url
+    if url.kind == "memory":
+        return memory_backend(url.bucket)
+    kwargs: dict[str, Any] = {
+        "config": settings.config or None,
+        "client_options": settings.client_options,
+        "retry_config": settings.retry_config,
+    }
+    if settings.credential_provider is not None:
+        kwargs["credential_provider"] = settings.credential_provider
+    cls = {"s3": S3Store, "gcs": GCSStore, "azure": AzureStore}[url.kind]
+    return cls(url.bucket, **kwargs)
+
+
+def _etag(meta: Mapping[str, Any], kind: str) -> str | None:
+    etag = meta.get("e_tag")
+    # Azure's listings give bare etags where HEAD and PUT give quoted ones.
+    if etag and kind == "azure" and not etag.startswith(('"', "W/")):
+        etag = f'"{etag}"'
+    return etag
+
+
+class ObstoreStore(Store):
+    """A preheat store at `s3://`, `gs://`, `az://` (`azure://`, `abfs[s]://`) or `memory://` URL.
+
+    Keys are relative to the URL's path. Settings come from `options`, then the
+    preheat config file, then the cloud's usual environment variables (see
+    `preheat_storage.config.resolve`).
+    """
+
+    def __init__(self, url: str | StoreURL, *, options: Mapping[str, Any] | None = None) -> None:
+        parsed = url if isinstance(url, StoreURL) else parse_url(url)
+        self.settings = resolve(parsed, options)
+        self._u = parsed
+        self.url = parsed.url
+        self._scrub = Scrubber(self.settings.secrets)
+        if register_secret is not None:  # keep them out of core's logs and run records too
+            for secret in self.settings.secrets:
+                register_secret(secret)
+        self._errors = ErrorContext(
+            parsed.url,
+            parsed.kind,
+            self.settings.endpoint,
+            self.settings.credential_hint,
+            self.settings.endpoint_hint,
+            self._scrub,
+        )
+        self._bucket_ok = parsed.kind == "memory"
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        try:
+            self._store = build_backend(self.settings)
+        except Exception as exc:  # noqa: BLE001 - obstore raises several types here
+            raise self._translate(exc, "configure", self.url) from None
+
+    @classmethod
+    def from_url(cls, url: str) -> ObstoreStore:
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"ObstoreStore({self.url!r}, endpoint={self._scrub(self.settings.endpoint)!r})"
+
+    __str__ = __repr__
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def uri(self, key: str) -> str:
+        return self._u.uri(key)
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise PreheatError(f"invalid object key {key!r}: keys are non-empty relative paths")
+        return self._u.path(key)
+
+    def _key(self, path: str) -> str:
+        prefix = self._u.prefix
+        return path[len(prefix) + 1 :] if prefix else path
+
+    def _translate(self, exc: BaseException, op: str, where: str) -> PreheatError:
+        if isinstance(exc, _NOT_FOUND) and is_bucket_missing(exc):
+            self._bucket_ok = False
+        return self._errors.translate(exc, op, where, self._u.bucket)
+
+    def _missing(self, exc: BaseException) -> None:
+        """Called on NotFoundError: raise unless it is the object (not the bucket) that is missing."""
+        if is_bucket_missing(exc) or not self._check_bucket():
+            raise self._errors.bucket_missing(self._u.bucket) from None
+
+    def _check_bucket(self) -> bool:
+        """Whether the bucket exists; a HEAD of a missing key cannot tell (404 either way)."""
+        if self._bucket_ok:
+            return True
+        try:
+            stream = obstore.list(self._store, self._u.prefix or None, chunk_size=1)
+            next(iter(stream), None)
+        except Exception as exc:  # noqa: BLE001
+            if is_bucket_missing(exc, listing=True):
+                return False
+            raise self._translate(exc, "list", self.url) from None
+        self._bucket_ok = True
+        return True
+
+    def _info(self, key: str, meta: Mapping[str, Any]) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(meta["size"]), etag=_etag(meta, self._u.kind))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.settings.max_concurrency, thread_name_prefix="preheat-store"
+                )
+            return self._pool
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _head_meta(self, key: str) -> Mapping[str, Any] | None:
+        try:
+            return obstore.head(self._store, self._path(key))
+        except _NOT_FOUND as exc:
+            self._missing(exc)
+            return None
+        except PreheatError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "head", self.uri(key)) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        meta = self._head_meta(key)
+        return None if meta is None else self._info(key, meta)
+
+    def read(self, key: str) -> tuple[bytes, str | None] | None:
+        try:
+            result = obstore.get(self._store, self._path(key))
+            data = bytes(result.bytes())
+        except _NOT_FOUND as exc:
+            self._missing(exc)
+            return None
+        except PreheatError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "read", self.uri(key)) from None
+        return data, _etag(result.meta, self._u.kind)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            return bytes(
+                obstore.get_range(self._store, self._path(key), start=start, length=length)
+            )
+        except _NOT_FOUND as exc:
+            self._missing(exc)
+            raise NotFound(self._scrub(f"{self.uri(key)} does not exist")) from None
+        except PreheatError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if is_range_error(exc):  # `start` at or past the end
+                return b""
+            raise self._translate(exc, "read", self.uri(key)) from None
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        if not ranges:
+            return []
+        meta = self._head_meta(key)
+        if meta is None:
+            raise NotFound(self._scrub(f"{self.uri(key)} does not exist"))
+        size = int(meta["size"])
+        # obstore must never see a range past the end (it can panic), so clamp first.
+        spans = [(min(s, size), min(s + max(n, 0), size)) for s, n in ranges]
+        wanted = [i for i, (s, e) in enumerate(spans) if e > s]
+        out = [b""] * len(ranges)
+        if not wanted:
+            return out
+        try:
+            parts = obstore.get_ranges(
+                self._store,
+                self._path(key),
+                starts=[spans[i][0] for i in wanted],
+                ends=[spans[i][1] for i in wanted],
+            )
+        except _NOT_FOUND as exc:
+            self._missing(exc)
+            raise NotFound(self._scrub(f"{self.uri(key)} does not exist")) from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "read", self.uri(key)) from None
+        for i, part in zip(wanted, parts, strict=True):
+            out[i] = bytes(part)
+        return out
+
+    def open_reader(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        meta = self._head_meta(key)
+        if meta is None:
+            raise NotFound(self._scrub(f"{self.uri(key)} does not exist"))
+        return self._chunks(key, int(meta["size"]), meta, max(1, chunk_size))
+
+    def _chunks(self, key: str, size: int, meta: Mapping[str, Any], chunk: int) -> Iterator[bytes]:
+        """Ranged GETs, a few in flight, all pinned to the version that HEAD saw."""
+        path = self._path(key)
+        options: dict[str, Any] = {}
+        if self._u.kind == "gcs" and meta.get("version"):
+            options["version"] = meta["version"]
+        elif meta.get("e_tag"):
+            options["if_match"] = meta["e_tag"]
+
+        def fetch(start: int) -> bytes:
+            try:
+                got = obstore.get(
+                    self._store,
+                    path,
+                    options={**options, "range": (start, min(start + chunk, size))},
+                )
+                return bytes(got.bytes())
+            except oe.PreconditionError:
+                raise PreconditionFailed(
+                    self._scrub(f"{self.uri(key)} changed while it was being read")
+                ) from None
+            except Exception as exc:  # noqa: BLE001
+                raise self._translate(exc, "read", self.uri(key)) from None
+
+        starts = iter(range(0, size, chunk))
+        if size <= chunk:
+            for start in starts:
+                yield fetch(start)
+            return
+        pool = self._executor()
+        depth = min(4, self.settings.max_concurrency)
+        pending: collections.deque = collections.deque()
+        try:
+            for start in starts:
+                pending.append(pool.submit(fetch, start))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                data = pending.popleft().result()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fetch, nxt))
+                yield data
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # obstore lists whole path segments ("a/b" matches a/b/x, not a/bc), so list the
+        # parent directory from just before `prefix` and filter by string prefix.
+        full = self._u.path(prefix) if prefix else self._u.prefix
+        if not prefix or prefix.endswith("/"):
+            parent, offset = full.rstrip("/"), None
+        else:
+            parent = full.rsplit("/", 1)[0] if "/" in full else ""
+            before = full[:-1]
+            offset = before if before and not before.endswith("/") else None
+        try:
+            stream = obstore.list(self._store, parent or None, offset=offset, chunk_size=1000)
+            for batch in stream:
+                for meta in batch:
+                    path = meta["path"]
+                    if path.startswith(full) and (
+                        not self._u.prefix or path.startswith(self._u.prefix + "/")
+                    ):
+                        yield self._info(self._key(path), meta)
+        except PreheatError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if is_bucket_missing(exc, listing=True):
+                raise self._errors.bucket_missing(self._u.bucket) from None
+            raise self._translate(exc, "list", self.uri(prefix)) from None
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        if if_absent and if_match is not None:
+            raise ValueError("put() takes if_absent or if_match, not both")
+        path = self._path(key)
+        mode: Any = "overwrite"
+        if if_absent or if_match is not None:
+            mode = self._conditional_mode(key, if_absent, if_match)
+        try:
+            result = obstore.put(self._store, path, data, mode=mode, use_multipart=False)
+        except _NOT_FOUND as exc:
+            if isinstance(mode, dict) and not is_bucket_missing(exc):
+                raise PreconditionFailed(self._scrub(f"{self.uri(key)} does not exist")) from None
+            self._bucket_ok = False
+            raise self._errors.bucket_missing(self._u.bucket) from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "write", self.uri(key)) from None
+        self._bucket_ok = True
+        return ObjectInfo(key=key, size=len(data), etag=_etag(result, self._u.kind))
+
+    def _conditional_mode(self, key: str, if_absent: bool, if_match: str | None) -> Any:
+        """The obstore put mode; with `conditional_writes = false`, a best-effort check first."""
+        needs_head = not self.settings.conditional_writes or (
+            if_match is not None and self._u.kind == "gcs"
+        )
+        current = self._head_meta(key) if needs_head else None
+        if needs_head:
+            if if_absent and current is not None:
+                raise PreconditionFailed(self._scrub(f"{self.uri(key)} already exists"))
+            if if_match is not None and (
+                current is None or _etag(current, self._u.kind) != if_match
+            ):
+                raise PreconditionFailed(
+                    self._scrub(
+                        f"{self.uri(key)} changed or is missing (its etag no longer matches)"
+                    )
+                )
+        if not self.settings.conditional_writes:
+            return "overwrite"
+        if if_absent:
+            return "create"
+        if self._u.kind == "gcs":  # GCS conditions on the generation, which HEAD just gave us
+            return {"e_tag": if_match, "version": current.get("version") if current else None}
+        return {"e_tag": if_match}
+
+    def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
+        # Remote stores keep no partial bytes between processes: a resumed write starts over.
+        return _Writer(self, key)
+
+    def delete(self, key: str) -> None:
+        try:
+            obstore.delete(self._store, self._path(key))
+        except _NOT_FOUND as exc:
+            if is_bucket_missing(exc):
+                raise self._errors.bucket_missing(self._u.bucket) from None
+        except PreheatError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "delete", self.uri(key)) from None
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [info.key for info in self.list(prefix)]
+        for i in range(0, len(keys), _DELETE_BATCH):
+            batch = [self._path(k) for k in keys[i : i + _DELETE_BATCH]]
+            try:
+                obstore.delete(self._store, batch)
+            except _NOT_FOUND:
+                for path in batch:  # one was already gone; Azure fails the whole batch
+                    self.delete(self._key(path))
+            except Exception as exc:  # noqa: BLE001
+                raise self._translate(exc, "delete", self.uri(prefix)) from None
+        return len(keys)
+
+    def streaming_env(self) -> dict[str, str]:
+        """Non-secret settings a streaming loader needs to reach this store.
+
+        Credentials stay out: the engine's environment must provide its own.
+        """
+        s = self.settings
+        env: dict[str, str] = {}
+        if self._u.kind == "s3":
+            env = {
+                "AWS_REGION": s.region or "us-east-1",
+                "AWS_DEFAULT_REGION": s.region or "us-east-1",
+            }
+            if s.custom_endpoint:
+                env["AWS_ENDPOINT_URL"] = s.endpoint
+                # runai-model-streamer (vLLM's and SGLang's S3 loader) defaults to virtual hosts.
+                env["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] = "1" if s.virtual_hosted else "0"
+            if s.profile and s.profile != "default":
+                env["AWS_PROFILE"] = s.profile
+        elif self._u.kind == "azure":
+            if s.account:
+                env["AZURE_STORAGE_ACCOUNT_NAME"] = s.account
+            if s.custom_endpoint:
+                env["AZURE_STORAGE_ENDPOINT"] = s.endpoint
+        elif self._u.kind == "gcs" and s.custom_endpoint:
+            env["GOOGLE_BASE_URL"] = s.endpoint
+        return {k: self._scrub(v) for k, v in env.items()}
+
+    def gc(self) -> int:
+        """Abort multipart uploads under this store older than `gc_after` (S3 only).
+
+        Azure discards uncommitted blocks by itself after a week; GCS and
+        memory stores keep nothing to clean up that obstore can reach.
+        """
+        if self._u.kind != "s3":
+            return 0
+        creds = self.settings.credentials
+        if creds is None and self.settings.credential_provider is not None:
+            got = self.settings.credential_provider()
+            creds = (got["access_key_id"], got["secret_access_key"], got.get("token"))
+        if creds is None:
+            log.warning("gc of %s skipped: aborting uploads needs static S3 credentials", self.url)
+            return 0
+        from preheat_storage.s3api import S3Api, S3Error
+
+        api = S3Api(
+            self.settings.endpoint,
+            self._u.bucket,
+            self.settings.region or "us-east-1",
+            creds,
+            virtual_hosted=self.settings.virtual_hosted,
+        )
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self.settings.gc_after)
+        prefix = f"{self._u.prefix}/" if self._u.prefix else ""
+        count = 0
+        try:
+            for upload in list(api.list_uploads(prefix)):
+                if upload.initiated <= cutoff:
+                    api.abort(upload.key, upload.upload_id)
+                    count += 1
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                raise self._errors.bucket_missing(self._u.bucket) from None
+            if exc.status in (401, 403):
+                raise self._errors.translate(
+                    oe.PermissionDeniedError(f"<Code>{exc.code}</Code>"),
+                    "gc",
+                    self.url,
+                    self._u.bucket,
+                ) from None
+            raise StoreError(self._scrub(f"gc of {self.url} failed: {exc}")) from None
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Writer(ObjectWriter):
+    """A multipart upload (S3, GCS) or staged blocks (Azure), visible only after `commit`."""
+
+    def __init__(self, store: ObstoreStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._size = 0
+        self._closed = False
+        self._file = obstore.open_writer(
+            store._store,
+            store._path(key),
+            buffer_size=store.settings.part_size,
+            max_concurrency=store.settings.max_concurrency,
+        )
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._closed:
+            raise PreheatError(f"write to {self._store.uri(self._key)} after commit or abort")
+        if not isinstance(data, bytes):
+            # obstore keeps a zero-copy view until the part is uploaded; callers reuse buffers.
+            data = bytes(data)
+        try:
+            self._file.write(data)
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise self._error(exc) from None
+        self._size += len(data)
+
+    def commit(self) -> ObjectInfo:
+        if self._closed:
+            raise PreheatError(f"commit of {self._store.uri(self._key)} after commit or abort")
+        try:
+            self._file.close()
+        except Exception as exc:  # noqa: BLE001
+            self._closed = True
+            raise self._error(exc) from None
+        self._closed = True
+        info = self._store.head(self._key)
+        if info is None:
+            raise StoreError(f"{self._store.uri(self._key)} is missing right after its upload")
+        return info
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # obstore aborts the multipart upload when its writer exits with an exception.
+            self._file.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "aborting the upload of %s failed: %s", self._store.uri(self._key), self._error(exc)
+            )
+
+    def _error(self, exc: BaseException) -> PreheatError:
+        store = self._store
+        if isinstance(exc, _NOT_FOUND):
+            store._bucket_ok = False
+            return store._errors.bucket_missing(store._u.bucket)
+        return store._translate(exc, "write", store.uri(self._key))

@@ -1,0 +1,1 @@
+"""Development-only helpers for preheat's tests, benchmarks and demos."""
