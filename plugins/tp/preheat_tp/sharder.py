@@ -27,7 +27,7 @@ from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
 
 from . import writer
 from .dtypes import NUMPY, normalize_dtype
-from .plan import LM_HEAD, PlanError, plan_rank
+from .plan import EMBED, LM_HEAD, PlanError, plan_rank
 from .shape import ModelShape, UnsupportedModel, check_tp
 from .stream import TensorSource, tensor_chunks
 
@@ -47,6 +47,7 @@ WEIGHT_SUFFIXES = (
 )
 STALE = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 DTYPE_CONFIG = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+QUANT_FILES = ("hf_quant_config.json", "quant_config.json", "quant_model_description.json")
 MULTIMODAL_KEYS = (
     "vision_config",
     "audio_config",
@@ -142,8 +143,17 @@ class TensorParallelSharder(Sharder):
         config = view.config
         if not view.headers:
             return "the checkpoint has no safetensors files"
-        if view.serving.quantization or config.get("quantization_config"):
-            return f"the checkpoint is quantized ({view.serving.quantization or 'quantization_config'}), which the CPU slicer does not support"
+        quant_files = sorted({f.path for f in view.files} & set(QUANT_FILES))
+        if (
+            view.serving.quantization
+            or config.get("quantization_config")
+            or config.get("compression_config")
+            or quant_files
+        ):
+            what = view.serving.quantization or (
+                quant_files[0] if quant_files else "quantization_config"
+            )
+            return f"the checkpoint is quantized ({what}), which the CPU slicer does not support"
         if view.serving.experts:
             return f"mixture-of-experts checkpoints ({view.serving.experts} experts) are not supported by the CPU slicer"
         if any(k in config for k in MULTIMODAL_KEYS):
@@ -157,6 +167,11 @@ class TensorParallelSharder(Sharder):
         except UnsupportedModel as exc:
             return str(exc)
         index = _source_index(view)
+        if shape.tied and LM_HEAD in index and EMBED in index:
+            return (
+                "config.json ties the embeddings but the checkpoint also ships a separate lm_head.weight "
+                "(the engine would serve it untied); fix tie_word_embeddings in the repository"
+            )
         try:
             plan_rank(
                 shape,

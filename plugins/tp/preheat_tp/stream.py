@@ -77,11 +77,26 @@ class TensorSource:
         self._fds.clear()
 
 
+_local = threading.local()
+
+
+def _buffer(size: int) -> memoryview:
+    """This thread's reusable read buffer of `size` bytes."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buffer = memoryview(bytearray(size))
+    return buf[:size]
+
+
 def tensor_chunks(
     tensor: OutputTensor, source: TensorSource, block: int = BLOCK
 ) -> Iterator[memoryview | bytes]:
-    """The raw bytes of `tensor`, in order, each chunk valid only until the next is requested."""
-    buffer = memoryview(bytearray(block))
+    """The raw bytes of `tensor`, in order, each chunk valid only until the next is requested.
+
+    Chunks are views of a buffer reused by the calling thread: consume each
+    before asking for the next, and stream one tensor at a time per thread.
+    """
+    buffer = _buffer(block)
     out_dtype = normalize_dtype(tensor.dtype)
     out_row = math.prod(tensor.shape[1:]) * ITEMSIZE[out_dtype]
     for piece in tensor.pieces:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from preheat_tp.plan import LM_HEAD
 from preheat_tp.sharder import Buffer, EngineLayout
 
-ENGINE_VERSIONS = ">=0.10,<0.33"
+# the attention scales are persistent buffers since 0.14; verified against 0.32.0
+ENGINE_VERSIONS = ">=0.14,<0.33"
 
 LAYOUT = EngineLayout(
     engine="vllm",
