@@ -40,6 +40,10 @@ class Snapshot:
         return next((f for f in self.files if f.path == path), None)
 
 
+class SourceOffline(PreheatError):
+    """The source cannot be reached by configuration (e.g. HF_HUB_OFFLINE); stored artifacts may still serve."""
+
+
 class IntegrityError(PreheatError):
     """Downloaded bytes do not match the digest the source published."""
 

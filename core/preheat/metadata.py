@@ -65,19 +65,19 @@ def parse_safetensors_header(
     raw = head[8 : 8 + n] if len(head) >= 8 + n else head[8:] + read(len(head), 8 + n - len(head))
     try:
         header = json.loads(raw)
-    except ValueError:
+        meta = header.pop("__metadata__", None) or {}
+        tensors = {
+            name: TensorInfo(
+                name,
+                t["dtype"],
+                tuple(t["shape"]),
+                8 + n + t["data_offsets"][0],
+                8 + n + t["data_offsets"][1],
+            )
+            for name, t in header.items()
+        }
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise PreheatError(f"{path} has a corrupt safetensors header") from None
-    meta = header.pop("__metadata__", None) or {}
-    tensors = {
-        name: TensorInfo(
-            name,
-            t["dtype"],
-            tuple(t["shape"]),
-            8 + n + t["data_offsets"][0],
-            8 + n + t["data_offsets"][1],
-        )
-        for name, t in header.items()
-    }
     return SafetensorsHeader(tensors=tensors, metadata=meta, data_start=8 + n)
 
 

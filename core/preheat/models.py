@@ -103,6 +103,7 @@ class Manifest:
     metadata: Metadata = Metadata()
     serving: ServingFacts = ServingFacts()
     shard: ShardSpec | None = None
+    shard_request: dict[str, Any] | None = None
     lineage: ArtifactRef | None = None
     schema: int = MANIFEST_SCHEMA
 

@@ -17,7 +17,7 @@ import attrs
 
 from preheat.catalog import Catalog, now_iso
 from preheat.errors import Cancelled, PreheatError
-from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, select
+from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, select
 from preheat.metadata import (
     SafetensorsHeader,
     detect_metadata,
@@ -141,7 +141,14 @@ class Pipeline:
     def _prefetch(self, prepared: Prepared, fetcher: Fetcher) -> Outcome:
         request, name = prepared.request, prepared.name
         self._stage(f"resolving {request.repo}@{request.revision or 'main'}")
-        snapshot = fetcher.snapshot(request.repo, request.revision)
+        try:
+            snapshot = fetcher.snapshot(request.repo, request.revision)
+        except SourceOffline:
+            stored = self._stored_match(prepared)
+            if stored is None:
+                raise
+            log.info("source offline: reusing stored %s:%s", stored.name, stored.version)
+            return Outcome(stored, True)
         files = select(snapshot.files, request.include, request.exclude)
         if not files:
             raise PreheatError(
@@ -206,11 +213,32 @@ class Pipeline:
             )
             if plan is None:
                 return Outcome(base, False)
-        return self._shard(sharder, plan, base, name, target_version, serving)
+        return self._shard(sharder, plan, base, name, target_version, serving, shard_spec)
 
-    def _inspect_stored(self, base: Manifest) -> tuple[dict | None, str | None, dict[str, SafetensorsHeader]]:
+    def _stored_match(self, prepared: Prepared) -> Manifest | None:
+        """The newest stored artifact built from exactly this request, found without the source."""
+        request = prepared.request
+        wanted = shard_request(*prepared.shard) if prepared.shard else None
+        for manifest in reversed(self.catalog.versions(prepared.name)):
+            if (
+                manifest.source.repo == request.repo
+                and (request.revision or "main")
+                in (manifest.source.revision, manifest.source.commit)
+                and manifest.include == tuple(request.include)
+                and manifest.exclude == tuple(request.exclude)
+                and manifest.force == request.force
+                and manifest.shard_request == wanted
+            ):
+                return manifest
+        return None
+
+    def _inspect_stored(
+        self, base: Manifest
+    ) -> tuple[dict | None, str | None, dict[str, SafetensorsHeader]]:
         """Config, README and headers of an already stored artifact (nothing fetched from the source)."""
-        source = SourceArtifact(self.store, self.catalog.artifact_prefix(base.name, base.version), base)
+        source = SourceArtifact(
+            self.store, self.catalog.artifact_prefix(base.name, base.version), base
+        )
         paths = {f.path for f in base.files}
         config = json.loads(source.read("config.json")) if "config.json" in paths else None
         readme = source.read("README.md").decode(errors="replace") if "README.md" in paths else None
@@ -357,7 +385,14 @@ class Pipeline:
             return [f.result() for f in futures]
 
     def _shard(
-        self, sharder, plan: ShardPlan, base: Manifest, name: str, version: str, serving
+        self,
+        sharder,
+        plan: ShardPlan,
+        base: Manifest,
+        name: str,
+        version: str,
+        serving,
+        shard_spec: dict,
     ) -> Outcome:
         draft = Draft(self.catalog, name, version, self.run)
         published = draft.acquire(
@@ -394,6 +429,7 @@ class Pipeline:
                 metadata=base.metadata,
                 serving=attrs.evolve(serving, weight_bytes_per_rank=plan.weight_bytes_per_rank),
                 shard=plan.spec,
+                shard_request=shard_spec,
                 lineage=base.ref,
             )
             self._stage(f"publishing {name}:{version}")

@@ -95,8 +95,11 @@ class Run:
         ]
 
     def logs(self) -> str:
-        """The run's log so far."""
-        return self.catalog.log(self.name) or ""
+        """The run's log so far (NotFound for an unknown run)."""
+        found = self.catalog.log(self.name)
+        if found is None:
+            self.catalog.run(self.name)
+        return found or ""
 
     def cancel(self) -> bool:
         """Ask the run to stop; True when a live worker was signalled."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from preheat import transfer
 from preheat.errors import NotFound, PreheatError
-from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, check_path
+from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, check_path
 from preheat.hookspecs import hookimpl
 from preheat.models import Source
 from preheat.redact import register_secret
@@ -136,8 +136,9 @@ class HfFetcher(Fetcher):
 
     def snapshot(self, repo: str, revision: str | None) -> Snapshot:
         if offline():
-            raise PreheatError(
-                "HF_HUB_OFFLINE is set: the hub cannot be reached; unset it to prefetch"
+            raise SourceOffline(
+                f"HF_HUB_OFFLINE is set and no stored artifact matches {repo}@{revision or 'main'}: "
+                "unset HF_HUB_OFFLINE to fetch it"
             )
         api = self._api()
         rev = revision or "main"

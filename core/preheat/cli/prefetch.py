@@ -147,7 +147,6 @@ def hf_model(
     from preheat.runner import execute, install_cancel_signals
 
     run, _ = create_run(request, store)
-    note(f"run {run.name}", quiet or as_json)
     cancel = threading.Event()
     install_cancel_signals(cancel)
     if want_bars(quiet):
