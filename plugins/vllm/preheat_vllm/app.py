@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+
 from preheat.app import RunOutput
 from preheat.catalog import Catalog
 from preheat.config import open_store
@@ -24,13 +25,17 @@ class VLLMAppEnvironment:
         if isinstance(self.model, RunOutput):
             from preheat.runs import Run
 
-            output = Run(self.model.run_name, self.model.store or self.store).outputs()[self.model.index]
+            output = Run(self.model.run_name, self.model.store or self.store).outputs()[
+                self.model.index
+            ]
             ref, store = str(output.artifact), self.model.store or self.store
         else:
             ref, store = self.model, self.store
         catalog = Catalog(open_store(store))
         manifest = catalog.resolve(ref)
-        return engine_launch("vllm", manifest, location(catalog, manifest), self.tensor_parallel_size)
+        return engine_launch(
+            "vllm", manifest, location(catalog, manifest), self.tensor_parallel_size
+        )
 
     def command(self) -> list[str]:
         """The whole `vllm serve ...` command line."""
