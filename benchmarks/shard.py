@@ -32,10 +32,21 @@ REPO = "bench/Llama-Shard"
 def remove_sharded(env: dict[str, str], store: Path) -> None:
     """Delete the sharded versions so the next repetition does the work again."""
     cli = [sys.executable, "-m", "preheat.cli.main"]
-    listing = subprocess.run([*cli, "artifacts", "list", "--json", "--store", str(store)], env=env, check=True, capture_output=True, text=True)
+    listing = subprocess.run(
+        [*cli, "artifacts", "list", "--json", "--store", str(store)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     for a in json.loads(listing.stdout)["artifacts"]:
         if a["shard"]:
-            subprocess.run([*cli, "artifacts", "rm", f"{a['name']}:{a['version']}", "--store", str(store)], env=env, check=True, capture_output=True)
+            subprocess.run(
+                [*cli, "artifacts", "rm", f"{a['name']}:{a['version']}", "--store", str(store)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
 
 
 def main() -> None:
@@ -44,14 +55,19 @@ def main() -> None:
     parser.add_argument("--tp", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--engines", default="vllm,sglang")
-    parser.add_argument("--cache", default=os.environ.get("PREHEAT_BENCH_CACHE", "/tmp/preheat-bench"))
+    parser.add_argument(
+        "--cache", default=os.environ.get("PREHEAT_BENCH_CACHE", "/tmp/preheat-bench")
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     src, sums = model_dir(cache, int(args.size * GiB))
     files = {p.name: p for p in src.iterdir() if p.name != "sha256.json"}
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "bytes": sum(p.stat().st_size for p in files.values())}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count()},
+        "bytes": sum(p.stat().st_size for p in files.values()),
+    }
     with HubServer() as hub, tempfile.TemporaryDirectory(dir=cache) as work:
         hub.add_repo(REPO, files, sha256=sums)
         work = Path(work)
@@ -63,15 +79,28 @@ def main() -> None:
             HF_HOME=str(work / "hf"),
         )
         store = work / "store"
-        base = [sys.executable, "-m", "preheat.cli.main", "prefetch", "hf-model", REPO, "--wait", "--quiet", "--store", str(store)]
-        out = subprocess.run([*base, "--json"], env=env, check=True, capture_output=True, text=True).stdout
+        base = [
+            sys.executable,
+            "-m",
+            "preheat.cli.main",
+            "prefetch",
+            "hf-model",
+            REPO,
+            "--wait",
+            "--quiet",
+            "--store",
+            str(store),
+        ]
+        out = subprocess.run(
+            [*base, "--json"], env=env, check=True, capture_output=True, text=True
+        ).stdout
         artifact = json.loads(out)["artifact"]["path"]
         for engine in args.engines.split(","):
             key = "tensor_parallel_size" if engine == "vllm" else "tp"
             config = work / f"{engine}.yaml"
             config.write_text(f"engine: {engine}\nargs:\n  {key}: {args.tp}\n")
             shard_times, floor_times, peaks, served = [], [], [], []
-            for rep in range(args.reps):
+            for _ in range(args.reps):
                 dest = work / "copy"
                 shutil.rmtree(dest, ignore_errors=True)
                 floor_times.append(timed(["cp", "-r", artifact, str(dest)], env)[0])
