@@ -174,6 +174,8 @@ class Pipeline:
             log.info("reusing %s:%s", name, done.version)
             self.catalog.set_alias(name, "latest", done.version)
             return Outcome(done, True)
+        if not request.artifact_name:
+            self._check_name_owner(name, request.repo)
         base = self.catalog.manifest(name, base_version) if prepared.shard else None
         # what the listing alone says will land: refuse before reading even a header
         self._check_capacity(request.resources, files if base is None else [], None)
@@ -214,6 +216,16 @@ class Pipeline:
             if plan is None:
                 return Outcome(base, False)
         return self._shard(sharder, plan, base, name, target_version, serving, shard_spec)
+
+    def _check_name_owner(self, name: str, repo: str) -> None:
+        """Refuse to mix two repositories under one default artifact name (and one `latest`)."""
+        latest = self.catalog.alias(name, "latest")
+        current = self.catalog.manifest(name, latest) if latest else None
+        if current is not None and current.source.repo != repo:
+            raise PreheatError(
+                f"artifact name {name!r} already holds {current.source.repo}, not {repo}: "
+                "pass --artifact-name (artifact_name=) to store it under another name"
+            )
 
     def _stored_match(self, prepared: Prepared) -> Manifest | None:
         """The newest stored artifact built from exactly this request, found without the source."""
@@ -427,7 +439,7 @@ class Pipeline:
                 exclude=base.exclude,
                 force=base.force,
                 metadata=base.metadata,
-                serving=attrs.evolve(serving, weight_bytes_per_rank=plan.weight_bytes_per_rank),
+                serving=_sharded_serving(serving, plan),
                 shard=plan.spec,
                 shard_request=shard_spec,
                 lineage=base.ref,
@@ -436,6 +448,19 @@ class Pipeline:
             return Outcome(draft.publish(manifest, alias="latest"), False)
         finally:
             draft.release()
+
+
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _sharded_serving(serving, plan: ShardPlan):
+    """Serving facts of a sharded artifact: per-rank bytes, and the new dtype when it was converted."""
+    facts = attrs.evolve(serving, weight_bytes_per_rank=plan.weight_bytes_per_rank)
+    dtype = plan.spec.dtype
+    if dtype in _ITEMSIZE and dtype != serving.dtype and serving.parameters:
+        size = serving.parameters * _ITEMSIZE[dtype]
+        facts = attrs.evolve(facts, dtype=dtype, bytes_by_dtype={dtype: size}, weight_bytes=size)
+    return facts
 
 
 def _human(n: int) -> str:
