@@ -25,7 +25,7 @@ DUMP_ENV = "PREHEAT_VLLM_DUMP_DIR"
 FORMAT_ENV = "PREHEAT_VLLM_DUMP_FORMAT"
 
 
-def _dump(model, out_dir: str) -> None:
+def _dump(model, model_config, out_dir: str) -> None:
     from safetensors.torch import save_file
     from vllm.distributed import (
         get_tensor_model_parallel_rank,
@@ -45,6 +45,12 @@ def _dump(model, out_dir: str) -> None:
     meta = {
         "rank": rank,
         "tp": get_tensor_model_parallel_world_size(),
+        # True when the config says tied but the checkpoint ships its own
+        # lm_head: vLLM then loads both and re-ties them only in
+        # process_weights_after_loading if they are equal.
+        "untied_by_checkpoint": bool(
+            getattr(model_config, "word_embeddings_untied_by_checkpoint", False)
+        ),
         "entries": {
             k: {
                 "shape": list(v.shape),
@@ -72,7 +78,7 @@ def install(load_format: str, out_dir: str) -> None:
 
     def load_weights(self, model, model_config):
         base.load_weights(self, model, model_config)
-        _dump(model, out_dir)
+        _dump(model, model_config, out_dir)
 
     cls = type(
         f"Dumping{base.__name__}", (base,), {"load_weights": load_weights, "_dumps_state": True}
