@@ -57,6 +57,9 @@ class Draft:
         self.run = run
         self.prefix = catalog.artifact_prefix(name, version)
         self._staging = catalog.staging_prefix(name, version)
+        # where files are written until publish: a staging folder moved into place at once where
+        # the store can rename, else the final keys (invisible until the manifest exists)
+        self._files = self._staging + "files/" if self.store.can_rename else self.prefix
         self._lease_key = self._staging + "lease.json"
         self._lease_etag: str | None = None
         self._stop = threading.Event()
@@ -151,7 +154,7 @@ class Draft:
     # files
 
     def file_key(self, path: str) -> str:
-        return self.prefix + path
+        return self._files + path
 
     def _journal_key(self, path: str) -> str:
         return self._staging + "verified/" + hashlib.sha256(path.encode()).hexdigest() + ".json"
@@ -216,11 +219,15 @@ class Draft:
                 raise PreheatError(
                     f"refusing to publish {self.name}:{self.version}: {entry.path} is missing or has the wrong size"
                 )
+        if self._files != self.prefix and self.catalog.manifest(self.name, self.version) is None:
+            self.store.rename_prefix(self._files, self.prefix)
         if not self.catalog.publish_manifest(manifest):
             manifest = self.catalog.manifest(self.name, self.version) or manifest
         if alias:
             self.catalog.set_alias(self.name, alias, self.version)
         self.store.delete_prefix(self._staging + "verified/")
+        if self._files != self.prefix:
+            self.store.delete_prefix(self._files)
         self.release()
         return manifest
 

@@ -133,6 +133,12 @@ class Store(abc.ABC):
             self.delete(key)
         return len(keys)
 
+    can_rename = False
+
+    def rename_prefix(self, src: str, dst: str) -> None:
+        """Move every object under `src` to `dst` at once (stores with `can_rename` only); replaces `dst`."""
+        raise NotImplementedError
+
     def free_bytes(self) -> int | None:
         """Room left for new objects, or None when the store does not say."""
         return None

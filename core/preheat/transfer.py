@@ -94,18 +94,8 @@ class Body:
 
     def chunks(self) -> Iterator[memoryview]:
         view = memoryview(bytearray(BUFFER))
-        while True:
-            filled = 0
-            while filled < BUFFER:
-                n = self.response.readinto(view[filled:])
-                if not n:
-                    break
-                filled += n
-            if not filled:
-                return
-            yield view[:filled]
-            if filled < BUFFER:
-                return
+        while n := self.response.readinto(view):
+            yield view[:n]
 
     def close(self) -> None:
         if not self.response.isclosed():

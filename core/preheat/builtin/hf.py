@@ -319,10 +319,17 @@ def make_fetcher(*, token_key: str = "HF_TOKEN") -> HfFetcher:
 
 
 def find_token(key: str) -> str | None:
-    """The token from the environment variable named `key`, else the usual Hugging Face sources."""
+    """The token from the environment variable named `key`.
+
+    Only for the default key (`HF_TOKEN`) do the usual Hugging Face sources
+    (the token file under HF_HOME) count too: a custom key names one secret
+    and nothing else, so two credentials never get mixed up.
+    """
     value = os.environ.get(key)
     if value:
         return value.strip()
+    if key != "HF_TOKEN":
+        return None
     from huggingface_hub import get_token
 
     return get_token()

@@ -243,6 +243,15 @@ class LocalStore(Store):
             shutil.rmtree(target, ignore_errors=True)
         return count
 
+    can_rename = True
+
+    def rename_prefix(self, src: str, dst: str) -> None:
+        source, target = self._path(src.rstrip("/")), self._path(dst.rstrip("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(source, target)
+
     def free_bytes(self) -> int | None:
         path = self.root
         while not path.exists():
