@@ -11,16 +11,8 @@ def make_sharder():
     from preheat_sglang.sharding import LAYOUT, SGLANG
     from preheat_tp.sharder import TensorParallelSharder, TPJob
 
-    def to_job(args: SGLangShardArgs) -> TPJob:
-        return TPJob(
-            tp=args.tp,
-            dtype=args.dtype,
-            file_pattern=args.file_pattern,
-            max_file_size=args.max_file_size,
-            method=args.method,
-            trust_remote_code=args.trust_remote_code,
-            args={"context_length": args.context_length} if args.context_length else {},
-        )
+    def to_job(args) -> TPJob:
+        return TPJob.from_args(args, tp=args.tp, extra=("context_length",))
 
     return TensorParallelSharder(
         LAYOUT, to_job, engine_runner=SGLANG.run, engine_problem=SGLANG.problem

@@ -8,6 +8,7 @@ from preheat.errors import PreheatError
 from preheat.models import Manifest
 from preheat.resolve import Launch, Location, Resolver
 from preheat_sglang.layout import FILE_PATTERN
+from preheat_tp.launch import checked_shard
 
 COMMAND = ("python", "-m", "sglang.launch_server")
 
@@ -29,16 +30,9 @@ class SGLangResolver(Resolver):
             if tensor_parallel_size:
                 args += ["--tp-size", str(tensor_parallel_size)]
             return Launch(args=tuple(args), model=location.path, command=COMMAND)
-        if shard.engine != "sglang":
-            raise PreheatError(
-                f"{manifest.ref} is pre-sharded for {shard.engine}, not sglang: prefetch it with `engine: sglang`"
-            )
-        tp = shard.tensor_parallel_size
-        if tensor_parallel_size is not None and tensor_parallel_size != tp:
-            raise PreheatError(
-                f"{manifest.ref} is sharded for tp {tp}, not {tensor_parallel_size}: "
-                f"serve it with --tp-size {tp} or prefetch it again with tp: {tensor_parallel_size}"
-            )
+        tp = checked_shard(
+            manifest, "sglang", tensor_parallel_size, "--tp-size", "tp"
+        ).tensor_parallel_size
         args = [
             "--model-path",
             location.path,

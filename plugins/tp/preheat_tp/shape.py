@@ -138,17 +138,33 @@ def _problems(shape: ModelShape, tp: int, vocab_multiple: int) -> list[str]:
     return problems
 
 
-def valid_tps(shape: ModelShape, vocab_multiple: int = 64) -> list[int]:
+def _multiple(shape: ModelShape, tp: int, vocab_multiple: int, widen_vocab: bool) -> int:
+    """The vocab padding at `tp`; with `widen_vocab`, `vocab_multiple * tp` when tp does not divide
+    the padded size (SGLang's rule, which makes the vocab fit every tp)."""
+    if widen_vocab and shape.padded_vocab(vocab_multiple) % tp:
+        return vocab_multiple * tp
+    return vocab_multiple
+
+
+def valid_tps(
+    shape: ModelShape, vocab_multiple: int = 64, *, widen_vocab: bool = False
+) -> list[int]:
     """Every tensor-parallel size this model can be split into."""
-    return [tp for tp in range(1, shape.heads + 1) if not _problems(shape, tp, vocab_multiple)]
+    return [
+        tp
+        for tp in range(1, shape.heads + 1)
+        if not _problems(shape, tp, _multiple(shape, tp, vocab_multiple, widen_vocab))
+    ]
 
 
-def check_tp(shape: ModelShape, tp: int, vocab_multiple: int = 64) -> list[str]:
+def check_tp(
+    shape: ModelShape, tp: int, vocab_multiple: int = 64, *, widen_vocab: bool = False
+) -> list[str]:
     """Why `tp` does not fit `shape` (empty when it does); each problem names the fix."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         return [f"tp must be a positive integer, got {tp!r}"]
-    problems = _problems(shape, tp, vocab_multiple)
+    problems = _problems(shape, tp, _multiple(shape, tp, vocab_multiple, widen_vocab))
     if problems:
-        fits = ", ".join(map(str, valid_tps(shape, vocab_multiple)))
+        fits = ", ".join(map(str, valid_tps(shape, vocab_multiple, widen_vocab=widen_vocab)))
         problems = [f"{p}; choose tp from: {fits}" for p in problems]
     return problems

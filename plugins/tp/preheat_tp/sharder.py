@@ -99,6 +99,19 @@ class TPJob:
     trust_remote_code: bool = False
     args: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_args(cls, args: Any, *, tp: int, extra: tuple[str, ...] = ()) -> TPJob:
+        """A job from an engine's args object (shared field names) plus its engine-only `extra` fields."""
+        return cls(
+            tp=tp,
+            dtype=args.dtype,
+            file_pattern=args.file_pattern,
+            max_file_size=args.max_file_size,
+            method=args.method,
+            trust_remote_code=args.trust_remote_code,
+            args={name: getattr(args, name) for name in extra if getattr(args, name) is not None},
+        )
+
 
 EngineRunner = Callable[[str, str, TPJob], None]
 
@@ -181,10 +194,15 @@ class TensorParallelSharder(Sharder):
                 vocab_multiple=self.layout.vocab_multiple_for(shape, job.tp),
             )
         except PlanError as exc:
-            if check_tp(shape, job.tp, self.layout.vocab_multiple_for(shape, job.tp)):
+            if self._tp_problems(shape, job.tp):
                 return None  # reported as a tensor-parallel size problem by `plan`
             return f"the checkpoint's tensors do not match its config: {exc}"
         return None
+
+    def _tp_problems(self, shape: ModelShape, tp: int) -> list[str]:
+        return check_tp(
+            shape, tp, self.layout.vocab_multiple, widen_vocab=self.layout.widen_vocab_for_tp
+        )
 
     def plan(self, model: ModelView, args: Any, resources: Resources) -> ShardPlan:
         job = self.to_job(args)
@@ -214,7 +232,7 @@ class TensorParallelSharder(Sharder):
         except UnsupportedModel:
             shape = None
         if shape is not None:
-            problems = check_tp(shape, job.tp, self.layout.vocab_multiple_for(shape, job.tp))
+            problems = self._tp_problems(shape, job.tp)
             if problems:
                 raise PreheatError(
                     f"tensor-parallel size {job.tp} does not fit {shape.architecture}: "

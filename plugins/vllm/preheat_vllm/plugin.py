@@ -12,16 +12,8 @@ def make_sharder():
     from preheat_vllm.engine import VLLM
     from preheat_vllm.layout import LAYOUT
 
-    def to_job(args: VLLMShardArgs) -> TPJob:
-        return TPJob(
-            tp=args.tensor_parallel_size,
-            dtype=args.dtype,
-            file_pattern=args.file_pattern,
-            max_file_size=args.max_file_size,
-            method=args.method,
-            trust_remote_code=args.trust_remote_code,
-            args={"max_model_len": args.max_model_len} if args.max_model_len else {},
-        )
+    def to_job(args) -> TPJob:
+        return TPJob.from_args(args, tp=args.tensor_parallel_size, extra=("max_model_len",))
 
     return TensorParallelSharder(
         LAYOUT, to_job, engine_runner=VLLM.run, engine_problem=VLLM.problem

@@ -7,6 +7,7 @@ import json
 from preheat.errors import PreheatError
 from preheat.models import Manifest
 from preheat.resolve import Launch, Location, Resolver
+from preheat_tp.launch import checked_shard
 
 STREAMABLE = ("s3://", "gs://")
 
@@ -37,16 +38,9 @@ class VLLMResolver(Resolver):
             if remote:
                 args = ["--load-format", "runai_streamer", *args]
             return Launch(args=tuple(args), env=env, model=model, command=("vllm", "serve", model))
-        if shard.engine != "vllm":
-            raise PreheatError(
-                f"{manifest.ref} is pre-sharded for {shard.engine}, not vllm: prefetch it with `engine: vllm`"
-            )
-        tp = shard.tensor_parallel_size
-        if tensor_parallel_size is not None and tensor_parallel_size != tp:
-            raise PreheatError(
-                f"{manifest.ref} is sharded for tensor-parallel size {tp}, not {tensor_parallel_size}: "
-                f"serve it with -tp {tp} or prefetch it again with tensor_parallel_size: {tensor_parallel_size}"
-            )
+        tp = checked_shard(
+            manifest, "vllm", tensor_parallel_size, "-tp", "tensor_parallel_size"
+        ).tensor_parallel_size
         args = [
             "--load-format",
             "runai_streamer_sharded" if remote else "sharded_state",
