@@ -8,14 +8,9 @@ I 256, V 1000 -> Vp 1024, 2 layers, bfloat16), in save order.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from preheat_sglang import layout  # noqa: E402
+from preheat_sglang import layout
 
 TINY = {
     "hidden_size": 128,

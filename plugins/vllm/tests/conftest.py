@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-# helpers live in vllm_support.py beside this file (a unique name: test dirs are not packages)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The matrices here are tiny: BLAS threads only add contention on busy machines.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+# requests that go through `preheat prefetch ... --shard-config FILE --wait --json` as a subprocess
+VIA_CLI = {("llama_tied_mqa", 2), ("mistral_subfolders_fp32", 4)}
 
 
 def pytest_configure(config):
@@ -27,9 +25,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """The session's hub and store (repos are added under unique names and never changed)."""
-    from vllm_support import World
-
     from preheat_testing.hub import HubServer
+    from preheat_testing.sharding import World
 
     with HubServer() as hub:
         yield World(tmp_path_factory.mktemp("vllm-world"), hub)
@@ -38,6 +35,6 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shard(world):
     """`shard(case, tp, repo_prefix="tiny", seed=0, **args)`: the case pre-sharded for vLLM (cached)."""
-    from vllm_support import shard_getter
+    from preheat_testing.sharding import VLLM, shard_getter
 
-    return shard_getter(world)
+    return shard_getter(world, VLLM, VIA_CLI)

@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 import pytest
-from vllm_support import assert_only_header_reads
 
 from preheat.errors import PreheatError
 from preheat_testing import models
+from preheat_testing.sharding import assert_only_header_reads, n_weight_files
 
 BASE_CASE = "llama_gqa"  # 8 heads, 4 kv heads: valid tp 1, 2, 4, 8
 
@@ -51,10 +51,6 @@ def with_tensors(
         if name != drop:
             tensors[name] = (info.dtype, arr)
     return {**model.files, "model.safetensors": models.safetensors_bytes(tensors)}
-
-
-def n_weight_files(files) -> int:
-    return sum(1 for p in files if p.endswith(".safetensors"))
 
 
 def refused(world, key: str, files, shard_args: dict, **fields) -> str:

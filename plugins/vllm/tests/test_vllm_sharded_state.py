@@ -3,9 +3,10 @@
 Every case of `preheat_testing.models.CASES` is pre-sharded through the real
 pipeline (loopback hub -> store -> CPU slicer) at tp 1, 2 and 4, then:
 
-- every rank file is compared bit for bit with a reference sliced here, with
-  plain numpy, from the original stored weights (FORMATS.md, "Tensor-parallel
-  slicing");
+- every rank file is compared bit for bit with a reference sliced with plain
+  numpy from the original stored weights (`preheat_testing.sharding`, built
+  from FORMATS.md, "Tensor-parallel slicing", with vLLM's four attention
+  scale buffers per layer);
 - a simulated tensor-parallel forward pass from the rank files must match the
   unsharded numpy forward pass;
 - the artifact must hold the rank files and the copied config/tokenizer
@@ -17,209 +18,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from vllm_support import (
+
+from preheat_testing import models
+from preheat_testing.sharding import (
     DEFAULT_PATTERN,
     HEADER_PROBE,
-    Sharded,
+    INDEXES,
+    ST_DTYPE,
+    VLLM,
+    WEIGHT_SUFFIXES,
     assert_only_header_reads,
+    check_rank_files,
+    convert,
+    copied_files,
+    prompt,
+    rank_files,
+    rank_float32,
+    rank_tensors,
+    read_strict,
+    source_tensors,
     weight_bytes,
     weight_requests,
 )
-
-from preheat_testing import models
 from preheat_tp import simulate_tp_forward
 
 TPS = (1, 2, 4)
 CASES = sorted(models.CASES)
-VOCAB_MULTIPLE = 64
 SCALES = ("k", "v", "q", "prob")
-ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
-RAW = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def prompt(config: dict) -> list[int]:
-    """Token ids touching the first and the last vocab shard."""
-    return [1, 7, 42, 3, 99, 12, 5, 64, 8, 127, config["vocab_size"] - 1, 2]
-
-
-# --------------------------------------------------------------------------- the reference
-
-
-def source_tensors(model) -> dict[str, tuple[str, np.ndarray]]:
-    """name -> (safetensors dtype, stored array; bf16 as uint16 bits) of the original files."""
-    out = {}
-    for path, data in model.files.items():
-        if not path.endswith(".safetensors"):
-            continue
-        for name, info in models.parse_safetensors_header(data).items():
-            raw = np.frombuffer(data[info.start : info.end], dtype=RAW[info.dtype])
-            assert name not in out
-            out[name] = (info.dtype, raw.reshape(info.shape))
-    return out
-
-
-def convert(dtype: str, raw: np.ndarray, target: str) -> np.ndarray:
-    """A stored array in another dtype, rounding to nearest even (bf16 via its bit pattern)."""
-    if dtype == target:
-        return raw
-    values = models.decode(raw.tobytes(), dtype, raw.shape)
-    if target == "F32":
-        return values
-    if target == "F16":
-        return values.astype(np.float16)
-    return models.bf16_bits(values)
-
-
-def tp_fits(config: dict, tp: int) -> bool:
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
-    padded = -(-config["vocab_size"] // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    return (
-        heads % tp == 0
-        and (kv % tp == 0 or tp % kv == 0)
-        and config["intermediate_size"] % tp == 0
-        and padded % tp == 0
-    )
-
-
-def reference_rank(
-    config: dict, src: dict[str, tuple[str, np.ndarray]], tp: int, r: int, dtype: str = "auto"
-) -> dict[str, tuple[str, np.ndarray]]:
-    """What vLLM's rank r of tp holds: name -> (safetensors dtype, stored array)."""
-    h, hq = config["hidden_size"], config["num_attention_heads"]
-    hkv = config.get("num_key_value_heads") or hq
-    d = config.get("head_dim") or h // hq
-    inter, vocab = config["intermediate_size"], config["vocab_size"]
-    tied = config.get("tie_word_embeddings", False)
-    nq = hq // tp
-    if tp >= hkv:  # each kv head replicated tp/hkv times
-        nkv, s = 1, r // (tp // hkv)
-    else:
-        nkv, s = hkv // tp, r
-    q = slice(r * nq * d, (r + 1) * nq * d)
-    kv = slice(s * nkv * d, (s + 1) * nkv * d)
-    mlp = slice(r * inter // tp, (r + 1) * inter // tp)
-    padded = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    rows = slice(r * padded // tp, (r + 1) * padded // tp)
-
-    def get(name: str) -> tuple[str, np.ndarray]:
-        st, raw = src[name]
-        target = st if dtype == "auto" else ST_DTYPE[dtype]
-        return target, convert(st, raw, target)
-
-    def vocab_shard(name: str) -> tuple[str, np.ndarray]:
-        st, raw = get(name)
-        full = np.zeros((padded, h), dtype=raw.dtype)
-        full[:vocab] = raw
-        return st, full[rows]
-
-    out: dict[str, tuple[str, np.ndarray]] = {}
-    if tied:
-        # vLLM keeps the lexicographically smallest name of a shared tensor
-        out["lm_head.weight"] = vocab_shard("model.embed_tokens.weight")
-    else:
-        out["model.embed_tokens.weight"] = vocab_shard("model.embed_tokens.weight")
-        out["lm_head.weight"] = vocab_shard("lm_head.weight")
-    out["model.norm.weight"] = get("model.norm.weight")
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        a = p + "self_attn."
-        for kind in ("weight", "bias"):
-            if a + "q_proj." + kind in src:
-                parts = [get(a + f"{x}_proj." + kind) for x in "qkv"]
-                st = parts[0][0]
-                out[a + "qkv_proj." + kind] = (
-                    st,
-                    np.concatenate([parts[0][1][q], parts[1][1][kv], parts[2][1][kv]]),
-                )
-        st, o = get(a + "o_proj.weight")
-        out[a + "o_proj.weight"] = (st, o[:, q])
-        for name in ("o_proj.bias", "q_norm.weight", "k_norm.weight"):
-            if a + name in src:
-                out[a + name] = get(a + name)
-        (st, gate), (_, up) = get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")
-        out[p + "mlp.gate_up_proj.weight"] = (st, np.concatenate([gate[mlp], up[mlp]]))
-        st, down = get(p + "mlp.down_proj.weight")
-        out[p + "mlp.down_proj.weight"] = (st, down[:, mlp])
-        for name in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-            out[p + name] = get(p + name)
-        for scale in SCALES:
-            out[f"{a}attn._{scale}_scale"] = ("F32", np.array(1.0, dtype=np.float32))
-    return out
-
-
-# --------------------------------------------------------------------------- reading rank files
-
-
-def read_strict(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    """A safetensors file, validated as the safetensors library does: name -> (dtype, shape, bytes)."""
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    assert 8 + n <= len(data), f"{path.name}: header runs past the end"
-    header = json.loads(data[8 : 8 + n])
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n :]
-    spans = sorted((tuple(v["data_offsets"]), k) for k, v in header.items())
-    pos = 0
-    for (start, end), name in spans:
-        assert start == pos, f"{path.name}: {name} does not start where the previous tensor ended"
-        pos = end
-    assert pos == len(body), f"{path.name}: data section has trailing or missing bytes"
-    out = {}
-    for name, v in header.items():
-        start, end = v["data_offsets"]
-        assert end - start == math.prod(v["shape"]) * ITEMSIZE[v["dtype"]], name
-        out[name] = (v["dtype"], tuple(v["shape"]), bytes(body[start:end]))
-    try:
-        import safetensors
-    except ImportError:
-        return out
-    parsed = {name: t for name, t in safetensors.deserialize(data)}
-    assert set(parsed) == set(out)
-    for name, t in parsed.items():
-        assert (tuple(t["shape"]), bytes(t["data"])) == out[name][1:], name
-    return out
-
-
-def rank_file_regex(pattern: str, rank: int) -> re.Pattern:
-    text = re.escape(pattern).replace(re.escape("{rank}"), str(rank))
-    return re.compile(text.replace(re.escape("{part}"), r"(\d+)"))
-
-
-def rank_files(directory: Path, pattern: str, rank: int) -> list[Path]:
-    """The rank's part files, in part order; parts must be numbered 0..n-1."""
-    regex = rank_file_regex(pattern, rank)
-    found = {}
-    for p in directory.iterdir():
-        m = regex.fullmatch(p.name)
-        if m:
-            found[int(m[1])] = p
-    assert sorted(found) == list(range(len(found))) and found, f"rank {rank} parts: {sorted(found)}"
-    return [found[k] for k in sorted(found)]
-
-
-def rank_tensors(directory: Path, pattern: str, rank: int) -> dict:
-    out: dict = {}
-    for path in rank_files(directory, pattern, rank):
-        for name, t in read_strict(path).items():
-            assert name not in out, f"{name} is in two files of rank {rank}"
-            out[name] = t
-    return out
-
-
-def rank_float32(directory: Path, pattern: str, rank: int) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for path in rank_files(directory, pattern, rank):
-        out.update(models.load_safetensors(path, as_float32=True))
-    return out
 
 
 MATRIX = [pytest.param(case, tp, id=f"{case}-tp{tp}") for case in CASES for tp in TPS] + [
@@ -229,25 +59,13 @@ MATRIX = [pytest.param(case, tp, id=f"{case}-tp{tp}") for case in CASES for tp i
 ]
 
 
-def check_rank_files(s: Sharded, dtype: str = "auto") -> None:
-    src = source_tensors(s.model)
-    for r in range(s.tp):
-        got = rank_tensors(s.directory, s.pattern, r)
-        ref = reference_rank(s.model.config, src, s.tp, r, dtype)
-        assert sorted(got) == sorted(ref), f"rank {r}: key set differs"
-        for name, (st, arr) in ref.items():
-            g_dtype, g_shape, g_bytes = got[name]
-            assert (g_dtype, g_shape) == (st, arr.shape), f"rank {r} {name}"
-            assert g_bytes == np.ascontiguousarray(arr).tobytes(), f"rank {r} {name}: bytes differ"
-
-
 # --------------------------------------------------------------------------- (a) exact tensors
 
 
 @pytest.mark.parametrize("case, tp", MATRIX)
 def test_rank_files_match_an_independent_numpy_reference_bit_for_bit(shard, case, tp):
     s = shard(case, tp)
-    assert tp_fits(s.model.config, tp)
+    assert VLLM.tp_fits(s.model.config, tp)
     check_rank_files(s)
 
 
@@ -307,15 +125,6 @@ def test_simulated_tp_forward_from_rank_files_matches_the_unsharded_model(shard,
 
 
 # --------------------------------------------------------------------------- (c) artifact contents
-
-
-def copied_files(model) -> dict[str, bytes]:
-    """The repo's top-level files that are neither weights nor a weight index."""
-    return {
-        p: b
-        for p, b in model.files.items()
-        if "/" not in p and not p.endswith(WEIGHT_SUFFIXES) and p not in INDEXES
-    }
 
 
 @pytest.mark.parametrize("case, tp", MATRIX)
