@@ -41,10 +41,22 @@ def main() -> None:
         path = run("prefetch", "hf-model", REPO, "--wait", env=env).strip().splitlines()[-1]
         run("prefetch", "hf-model", REPO, "--wait", "--json", env=env)
         run("artifacts", "get", "tiny-llama-gqa", env=env)
-        run("artifacts", "list", env=env)
         print(f"\nthe artifact directory an engine loads: {path}")
         for name in sorted(os.listdir(path)):
             print("  " + name)
+        print("\npre-shard it for vLLM at tensor-parallel size 2, on CPU:", flush=True)
+        shard_config = os.path.join(hf_home, "tp2.yaml")
+        with open(shard_config, "w") as f:
+            f.write("engine: vllm\nargs:\n  tensor_parallel_size: 2\n")
+        sharded = (
+            run("prefetch", "hf-model", REPO, "--shard-config", shard_config, "--wait", env=env)
+            .strip()
+            .splitlines()[-1]
+        )
+        for name in sorted(os.listdir(sharded)):
+            print("  " + name)
+        run("resolve", "tiny-llama-gqa", "--engine", "vllm", env=env)
+        run("artifacts", "list", env=env)
 
 
 if __name__ == "__main__":
