@@ -134,3 +134,343 @@ def make_store(backend):
 @pytest.fixture
 def store(make_store):
     return make_store()
+
+
+# ================================================================================================
+# End-to-end fixtures (test_storage_e2e*.py): the real `preheat` CLI and detached workers against
+# the session's servers and a loopback Hugging Face Hub. Every "machine" is a fresh PREHEAT_HOME
+# and HF_HOME; subprocess environments are built from scratch, so the tests' monkeypatched
+# os.environ never leaks into them.
+# ================================================================================================
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from itertools import count  # noqa: E402
+
+PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
+_E2E_DROPPED = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_", "PREHEAT_", "HF_", "HUGGING", "PYTEST_")
+_E2E_RUN_NOTE = re.compile(r"^run r[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class CliResult:
+    """One `preheat` subprocess: arguments, exit code, output and wall time."""
+
+    args: list
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            raise AssertionError(f"stdout is not one JSON object:\n{self}") from None
+
+    def ok(self) -> CliResult:
+        assert self.returncode == 0, f"preheat {' '.join(self.args)} failed:\n{self}"
+        return self
+
+    def error_line(self) -> str:
+        """The single `error: ...` line on stderr (no traceback, nothing else but the run note)."""
+        assert self.returncode != 0, f"expected a failure:\n{self}"
+        assert "Traceback" not in self.stderr, str(self)
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        others = [x for x in lines if not x.startswith("error: ") and not _E2E_RUN_NOTE.match(x)]
+        assert len(errors) == 1 and not others, f"expected one error line on stderr:\n{self}"
+        return errors[0]
+
+    def __str__(self) -> str:
+        return (
+            f"exit {self.returncode} after {self.seconds:.1f}s\n--- stdout\n{self.stdout}"
+            f"\n--- stderr\n{self.stderr}"
+        )
+
+
+class Machine:
+    """A host with no local preheat state: its own PREHEAT_HOME, HF_HOME and working directory."""
+
+    def __init__(self, e2e: E2E, root: Path, server, env: dict) -> None:
+        self.e2e = e2e
+        self.root = root
+        self.home = root / "preheat-home"
+        self.cwd = root / "cwd"
+        for d in (self.home, self.cwd, root / "hf-home"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(_E2E_DROPPED)}
+        self.env.update(
+            PREHEAT_HOME=str(self.home),
+            HF_HOME=str(root / "hf-home"),
+            HF_ENDPOINT=e2e.hub.endpoint,
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            PREHEAT_RETRY_BACKOFF="0.01",
+            # the CPU slicer, even where an engine happens to be installed
+            PREHEAT_VLLM_PYTHON=str(e2e.no_engine),
+            PREHEAT_SGLANG_PYTHON=str(e2e.no_engine),
+        )
+        if server is not None:
+            self.env.update(server.env)
+        self.env.update(env)
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [PREHEAT_BIN, *args],
+            env={**self.env, **(env or {})},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        proc.started = time.monotonic()  # type: ignore[attr-defined]
+        self.e2e.procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 120) -> CliResult:
+        out, err = proc.communicate(timeout=timeout)
+        result = CliResult(
+            [str(a) for a in proc.args[1:]],
+            proc.returncode,
+            out,
+            err,
+            time.monotonic() - proc.started,  # type: ignore[attr-defined]
+        )
+        self.e2e.check_output(result)
+        return result
+
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 120) -> CliResult:
+        """`preheat ARGS...` as a subprocess."""
+        return self.finish(self.start(*args, env=env), timeout)
+
+    def many(self, *commands) -> list[CliResult]:
+        """Several independent `preheat` commands at once (each a tuple of arguments)."""
+        procs = [self.start(*args) for args in commands]
+        return [self.finish(p) for p in procs]
+
+    def in_process(self, *args: str) -> CliResult:
+        """The CLI's `main()` in this process under this machine's environment (for quick reads)."""
+        import io
+
+        from preheat.cli.main import main
+
+        out, err = io.StringIO(), io.StringIO()
+        code, started = 0, time.monotonic()
+        argv = sys.argv
+        with pytest.MonkeyPatch.context() as mp:
+            for key in list(os.environ):
+                if key not in self.env:
+                    mp.delenv(key)
+            for key, value in self.env.items():
+                mp.setenv(key, value)
+            mp.chdir(self.cwd)
+            sys.argv = [PREHEAT_BIN, *args]
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                sys.argv = argv
+        result = CliResult(
+            list(args), code, out.getvalue(), err.getvalue(), time.monotonic() - started
+        )
+        self.e2e.check_output(result)
+        return result
+
+    def many_in_process(self, *commands) -> list[CliResult]:
+        return [self.in_process(*args) for args in commands]
+
+
+class E2E:
+    """The session's end-to-end world: a loopback hub, the object servers, machines, secrets."""
+
+    def __init__(self, root: Path, hub, pool: _Servers) -> None:
+        self.root = root
+        self.hub = hub
+        self.pool = pool
+        self.base = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.secrets = {servers.SECRET_KEY, servers.AZURITE_KEY}
+        self.machines: list[Machine] = []
+        self.procs: list[subprocess.Popen] = []
+        self._raw: dict[str, object] = {}
+        self._ids = count(1)
+        self.no_engine = root / "no-engine-python"
+        self.no_engine.write_text("#!/bin/sh\nexit 1\n")
+        self.no_engine.chmod(0o755)
+
+    # servers and stores
+
+    def server(self, name: str) -> servers.ObjectServer:
+        return self.pool.get(name)
+
+    def url(self, server, sub: str) -> str:
+        """A store URL under this session's prefix."""
+        return server.url(f"{self.base}/{sub}")
+
+    @staticmethod
+    def key_prefix(url: str) -> str:
+        """The bucket-relative object prefix of a store URL, with a trailing slash."""
+        rest = url.split("://", 1)[1]
+        return rest.split("/", 1)[1].rstrip("/") + "/" if "/" in rest else ""
+
+    def raw(self, server, bucket: str | None = None):
+        """An obstore store on the server's bucket, configured directly (not through preheat)."""
+        key = f"{server.name}/{bucket or server.bucket}"
+        if key not in self._raw:
+            from obstore.store import AzureStore, S3Store
+
+            if server.kind == "azure":
+                self._raw[key] = AzureStore(
+                    bucket or server.bucket,
+                    account_name=servers.AZURITE_ACCOUNT,
+                    account_key=servers.AZURITE_KEY,
+                    endpoint=server.endpoint,
+                    client_options={"allow_http": True},
+                )
+            else:
+                self._raw[key] = S3Store(
+                    bucket or server.bucket,
+                    endpoint=server.endpoint,
+                    access_key_id=servers.ACCESS_KEY,
+                    secret_access_key=servers.SECRET_KEY,
+                    region=servers.REGION,
+                    virtual_hosted_style_request=False,
+                    client_options={"allow_http": True},
+                )
+        return self._raw[key]
+
+    def objects(self, server, url: str) -> dict[str, int]:
+        """{key relative to the store URL: size} of every object under it, read with obstore."""
+        import obstore
+
+        prefix = self.key_prefix(url)
+        found = {}
+        for batch in obstore.list(self.raw(server), prefix.rstrip("/") or None):
+            for meta in batch:
+                if meta["path"].startswith(prefix):
+                    found[meta["path"][len(prefix) :]] = int(meta["size"])
+        return found
+
+    def read(self, server, url: str, key: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self.raw(server), self.key_prefix(url) + key).bytes())
+
+    def uploads(self, server, url: str) -> list:
+        """Open multipart uploads under the store URL (ListMultipartUploads, S3 only)."""
+        from preheat_storage.s3api import S3Api
+
+        api = S3Api(
+            server.endpoint,
+            server.bucket,
+            servers.REGION,
+            (servers.ACCESS_KEY, servers.SECRET_KEY, None),
+        )
+        return list(api.list_uploads(self.key_prefix(url)))
+
+    # hub
+
+    def repo(self, case: str, **overrides):
+        """A fresh hub repo holding the named tiny model: (repo id, TinyModel)."""
+        from preheat_testing.models import build_case
+
+        model = build_case(case, **overrides)
+        repo = f"e2e/{case.replace('_', '-')}-{next(self._ids)}"
+        self.hub.add_repo(repo, model.files)
+        return repo, model
+
+    def mark(self) -> int:
+        return len(self.hub.requests)
+
+    def weight_requests(self, repo: str, since: int = 0) -> list:
+        """Hub and CDN requests for the repo's safetensors files that returned content."""
+        return [
+            r
+            for r in self.hub.requests[since:]
+            if r.repo_id == repo
+            and r.file
+            and r.file.endswith(".safetensors")
+            and r.status in (200, 206)
+        ]
+
+    def repo_requests(self, repo: str, since: int = 0) -> list:
+        return [r for r in self.hub.requests[since:] if r.repo_id == repo]
+
+    # machines and secrets
+
+    def machine(self, server=None, **env: str) -> Machine:
+        m = Machine(self, self.root / f"machine-{next(self._ids)}", server, env)
+        self.machines.append(m)
+        return m
+
+    def check_output(self, result: CliResult) -> None:
+        for secret in self.secrets:
+            assert secret not in result.stdout and secret not in result.stderr, (
+                f"a secret was printed by preheat {' '.join(result.args)}"
+            )
+
+    def assert_no_secrets(self) -> list[str]:
+        """No secret in any file under any machine's PREHEAT_HOME or any object of the session."""
+        import obstore
+
+        needles = [s.encode() for s in self.secrets]
+        scanned = []
+        for m in self.machines:
+            for path in m.home.rglob("*"):
+                if path.is_file():
+                    data = path.read_bytes()
+                    assert not any(n in data for n in needles), f"a secret is in {path}"
+                    scanned.append(str(path))
+        for name, started in self.pool.started.items():
+            if isinstance(started, tuple):
+                continue
+            store = self.raw(started)
+            for batch in obstore.list(store, self.base):
+                for meta in batch:
+                    data = bytes(obstore.get(store, meta["path"]).bytes())
+                    assert not any(n in data for n in needles), (
+                        f"a secret is in {name}:{meta['path']}"
+                    )
+                    scanned.append(f"{name}:{meta['path']}")
+        return scanned
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    proc.communicate(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def e2e_hub():
+    """A loopback Hugging Face Hub for the end-to-end tests (repos get unique names)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from preheat_testing.hub import HubServer
+
+    with HubServer() as hub:
+        yield hub
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory, e2e_hub, object_servers):
+    world = E2E(tmp_path_factory.mktemp("e2e"), e2e_hub, object_servers)
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+# ================================================================================================
+# End of the end-to-end fixtures.
+# ================================================================================================
