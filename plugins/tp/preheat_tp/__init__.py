@@ -1,44 +1,42 @@
-"""Tensor-parallel slicing of Llama, Mistral, Qwen2 and Qwen3 checkpoints, with numpy."""
+"""Tensor-parallel slicing of Llama, Mistral, Qwen2 and Qwen3 checkpoints, with numpy.
 
-from .dtypes import bf16_to_float32, convert, float32_to_bf16, normalize_dtype, to_float32
-from .plan import (
-    OutputTensor,
-    PlanError,
-    Slice,
-    Zeros,
-    check_sources,
-    expected_sources,
-    kv_shard,
-    plan_rank,
-    plan_ranks,
-    vocab_rows,
-)
-from .shape import FAMILIES, ModelShape, UnsupportedModel, check_tp, valid_tps
-from .simulate import simulate_tp_forward
-from .tensors import byte_ranges, materialize
+Names are imported lazily so that plugins registering with preheat stay cheap to import.
+"""
 
-__all__ = [
-    "FAMILIES",
-    "ModelShape",
-    "OutputTensor",
-    "PlanError",
-    "Slice",
-    "UnsupportedModel",
-    "Zeros",
-    "bf16_to_float32",
-    "byte_ranges",
-    "check_sources",
-    "check_tp",
-    "convert",
-    "expected_sources",
-    "float32_to_bf16",
-    "kv_shard",
-    "materialize",
-    "normalize_dtype",
-    "plan_rank",
-    "plan_ranks",
-    "simulate_tp_forward",
-    "to_float32",
-    "valid_tps",
-    "vocab_rows",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FAMILIES": "shape",
+    "ModelShape": "shape",
+    "OutputTensor": "plan",
+    "PlanError": "plan",
+    "Slice": "plan",
+    "UnsupportedModel": "shape",
+    "Zeros": "plan",
+    "bf16_to_float32": "dtypes",
+    "byte_ranges": "tensors",
+    "check_sources": "plan",
+    "check_tp": "shape",
+    "convert": "dtypes",
+    "expected_sources": "plan",
+    "float32_to_bf16": "dtypes",
+    "kv_shard": "plan",
+    "materialize": "tensors",
+    "normalize_dtype": "dtypes",
+    "plan_rank": "plan",
+    "plan_ranks": "plan",
+    "simulate_tp_forward": "simulate",
+    "to_float32": "dtypes",
+    "valid_tps": "shape",
+    "vocab_rows": "plan",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
