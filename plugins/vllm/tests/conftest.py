@@ -18,7 +18,7 @@ VIA_CLI = {("llama_tied_mqa", 2), ("mistral_subfolders_fp32", 4)}
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "conformance: checks against the real vLLM CPU build (PREHEAT_CONFORMANCE=1)"
+        "markers", "conformance: checks against the real vLLM CPU build (needs PREHEAT_VLLM_PYTHON)"
     )
 
 
