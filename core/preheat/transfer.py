@@ -18,6 +18,9 @@ from urllib.parse import urljoin, urlsplit
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 8
 BUFFER = 1 << 20
+# yield once this much arrived: big enough to keep per-chunk work cheap, small enough to
+# notice a cancel quickly on a slow link
+FILL = 256 << 10
 
 _local = threading.local()
 _ssl_context: ssl.SSLContext | None = None
@@ -94,8 +97,13 @@ class Body:
 
     def chunks(self) -> Iterator[memoryview]:
         view = memoryview(bytearray(BUFFER))
-        while n := self.response.readinto(view):
-            yield view[:n]
+        while True:
+            filled = 0
+            while filled < FILL and (n := self.response.readinto(view[filled:])):
+                filled += n
+            if not filled:
+                return
+            yield view[:filled]
 
     def close(self) -> None:
         if not self.response.isclosed():
