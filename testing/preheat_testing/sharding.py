@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from preheat_testing import models
+from preheat_testing.cli import CliResult
 
 PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
 HEADER_PROBE = 64 << 10
@@ -126,42 +127,6 @@ def prompt(config: Mapping) -> list[int]:
 
 
 # --------------------------------------------------------------------------- CLI and hub accounting
-
-
-@dataclass
-class CliResult:
-    """What one `preheat` subprocess returned."""
-
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self):
-        try:
-            return json.loads(self.stdout)
-        except ValueError:
-            raise AssertionError(f"stdout is not JSON:\n{self}") from None
-
-    def ok(self) -> CliResult:
-        assert self.returncode == 0, f"preheat {' '.join(self.args)} failed:\n{self}"
-        return self
-
-    def error_line(self) -> str:
-        """The one `error: ...` line on stderr (no traceback, nothing else but the run note)."""
-        assert self.returncode != 0, f"expected a failure:\n{self}"
-        assert "Traceback" not in self.stderr, str(self)
-        lines = [line for line in self.stderr.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("error: ")]
-        others = [
-            line for line in lines if not line.startswith("error: ") and not _RUN_NOTE.match(line)
-        ]
-        assert len(errors) == 1 and not others, f"expected one error line on stderr:\n{self}"
-        return errors[0]
-
-    def __str__(self) -> str:
-        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 @dataclass
