@@ -28,7 +28,7 @@ from preheat.models import FileEntry, Manifest, PrefetchRequest, Resources
 from preheat.names import default_artifact_name, validate_artifact_name, validate_repo_id
 from preheat.plugins import lookup
 from preheat.publish import Draft
-from preheat.resources import parse_quantity, validate_resources
+from preheat.resources import human_bytes, parse_quantity, validate_resources
 from preheat.shard import (
     ModelView,
     ShardPlan,
@@ -294,14 +294,14 @@ class Pipeline:
             margin = 128 * MiB + need // 100
             if free is not None and need + margin > free:
                 raise PreheatError(
-                    f"the store at {self.store.url} has {_human(free)} free but this run writes {_human(need)} "
-                    f"(plus a {_human(margin)} margin): free space or use another --store"
+                    f"the store at {self.store.url} has {human_bytes(free)} free but this run writes {human_bytes(need)} "
+                    f"(plus a {human_bytes(margin)} margin): free space or use another --store"
                 )
             if resources.ephemeral_storage is not None:
                 limit = parse_quantity(resources.ephemeral_storage, "ephemeral_storage")
                 if need > limit:
                     raise PreheatError(
-                        f"ephemeral_storage {resources.ephemeral_storage} is smaller than the {_human(need)} "
+                        f"ephemeral_storage {resources.ephemeral_storage} is smaller than the {human_bytes(need)} "
                         "this run writes to local disk: raise --ephemeral-storage"
                     )
 
@@ -329,7 +329,7 @@ class Pipeline:
             return published
         try:
             total = sum(f.size for f in files)
-            self._stage(f"fetching {len(files)} files ({_human(total)})", total)
+            self._stage(f"fetching {len(files)} files ({human_bytes(total)})", total)
             entries = self._download_all(fetcher, snapshot, files, draft)
             manifest = Manifest(
                 name=name,
@@ -461,12 +461,3 @@ def _sharded_serving(serving, plan: ShardPlan):
         size = serving.parameters * _ITEMSIZE[dtype]
         facts = attrs.evolve(facts, dtype=dtype, bytes_by_dtype={dtype: size}, weight_bytes=size)
     return facts
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

@@ -100,3 +100,13 @@ def validate_resources(resources: Resources) -> Resources:
     if resources.accelerator is not None:
         parse_accelerator(resources.accelerator)
     return resources
+
+
+def human_bytes(n: int) -> str:
+    """Bytes for people: `512 B`, `3.5 MiB`, `4.2 GiB`."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

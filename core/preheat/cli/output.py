@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from preheat.pipeline import Progress
+from preheat.resources import human_bytes
 
 
 def print_json(data: Any) -> None:
@@ -33,15 +34,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def human(n: int | None) -> str:
-    """Bytes for people."""
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
+    """Bytes for people ("" for unknown)."""
+    return "" if n is None else human_bytes(n)
 
 
 class Bars(Progress):
