@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from preheat import serde
 from preheat.errors import NotFound, PreconditionFailed, PreheatError
-from preheat.models import ArtifactRef, Manifest, RunRecord
+from preheat.models import Manifest, RunRecord
 from preheat.names import parse_ref, validate_run_name
 from preheat.store import Store
 
@@ -64,12 +64,6 @@ class Catalog:
         return f"runs/{run}.cancel"
 
     # artifacts
-
-    def location(self, ref: ArtifactRef) -> str:
-        """Where an engine finds the artifact: a local directory or the store URI."""
-        prefix = self.artifact_prefix(ref.name, ref.version)
-        local = self.store.local_path(prefix.rstrip("/"))
-        return str(local) if local is not None else self.store.uri(prefix.rstrip("/"))
 
     def manifest(self, name: str, version: str) -> Manifest | None:
         """The manifest of a published version, or None."""

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -110,18 +109,15 @@ class Pipeline:
         *,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
-        on_stage: Callable[[str], None] = lambda stage: None,
     ) -> None:
         self.catalog = catalog
         self.store = catalog.store
         self.run = run
         self.progress = progress or Progress()
         self.cancel = cancel or threading.Event()
-        self.on_stage = on_stage
 
     def _stage(self, name: str, total: int = 0) -> None:
         log.info("%s", name)
-        self.on_stage(name)
         self.progress.stage(name, total)
 
     def _check(self) -> None:

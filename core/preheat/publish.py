@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
-from preheat import serde
 from preheat.catalog import Catalog
 from preheat.errors import Cancelled, PreconditionFailed, PreheatError
 from preheat.models import FileEntry, Manifest
@@ -230,8 +229,3 @@ class Draft:
             self.store.delete_prefix(self._files)
         self.release()
         return manifest
-
-
-def manifest_json(manifest: Manifest) -> dict:
-    """A manifest as plain data (what `--json` prints)."""
-    return serde.to_dict(manifest)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preheat.resolve import location
 from preheat_testing import models
 from preheat_testing.cli import CliResult
 
@@ -319,7 +320,7 @@ class World:
         return self.catalog(outcome.store).resolve(str(outcome.record.artifact))
 
     def directory(self, manifest, store: str | None = None) -> Path:
-        return Path(self.catalog(store).location(manifest.ref))
+        return Path(location(self.catalog(store), manifest).path)
 
 
 # --------------------------------------------------------------------------- sharding, once per request
@@ -379,7 +380,7 @@ def shard_getter(world: World, engine: EngineFacts, via_cli: Iterable[tuple[str,
             manifest = catalog.resolve(
                 f"{summary['artifact']['name']}:{summary['artifact']['version']}"
             )
-            assert Path(summary["artifact"]["path"]) == Path(catalog.location(manifest.ref))
+            assert Path(summary["artifact"]["path"]) == Path(location(catalog, manifest).path)
             reused = summary["reused"]
         else:
             outcome = world.prefetch(repo, engine.config(tp, **args), artifact_name=name)
@@ -394,7 +395,7 @@ def shard_getter(world: World, engine: EngineFacts, via_cli: Iterable[tuple[str,
             world.model(case, seed=seed),
             manifest,
             base,
-            Path(catalog.location(manifest.ref)),
+            Path(location(catalog, manifest).path),
             requests,
             reused,
         )

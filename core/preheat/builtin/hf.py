@@ -121,13 +121,10 @@ class HfFetcher(Fetcher):
                 return fn()
             except Exception as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
-                transient = (
-                    isinstance(exc, HfHubHTTPError) and status is not None and status >= 500
-                ) or (
-                    not isinstance(exc, HfHubHTTPError)
-                    and isinstance(exc, (OSError, ConnectionError))
-                    or _is_transport(exc)
-                )
+                if isinstance(exc, HfHubHTTPError):
+                    transient = status is not None and status >= 500
+                else:
+                    transient = isinstance(exc, OSError) or _is_transport(exc)
                 if transient and attempt < _retries():
                     time.sleep(_backoff(attempt))
                     attempt += 1

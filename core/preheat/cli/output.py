@@ -82,6 +82,6 @@ class Bars(Progress):
             self._progress.advance(self._task, n)
 
 
-def want_bars(quiet: bool, as_json: bool = False) -> bool:
+def want_bars(quiet: bool) -> bool:
     """Progress bars only for a person watching stderr."""
     return not quiet and sys.stderr.isatty()

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from preheat.resolve import location
 from preheat_sglang import layout
 from preheat_testing import models
 from preheat_testing.sharding import (
@@ -230,7 +231,7 @@ def test_manifest_records_the_sglang_shard_and_its_lineage(shard, world, case, t
     assert s.manifest.lineage is not None and s.base.shard is None and s.base.lineage is None
     assert (s.manifest.name, s.manifest.source) == (s.base.name, s.base.source)
     assert s.manifest.version != s.base.version
-    base_dir = Path(world.catalog().location(s.base.ref))
+    base_dir = Path(location(world.catalog(), s.base).path)
     for path, data in s.model.files.items():
         assert (base_dir / path).read_bytes() == data, path
     per_rank = [

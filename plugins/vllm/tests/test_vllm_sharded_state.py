@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from preheat.resolve import location
 from preheat_testing import models
 from preheat_testing.sharding import (
     DEFAULT_PATTERN,
@@ -175,7 +176,7 @@ def test_manifest_records_the_shard_and_its_lineage(shard, world, case, tp):
     assert s.base.shard is None and s.base.lineage is None
     assert s.manifest.name == s.base.name and s.manifest.version != s.base.version
     assert s.manifest.source == s.base.source
-    base_dir = Path(world.catalog().location(s.base.ref))
+    base_dir = Path(location(world.catalog(), s.base).path)
     for path, data in s.model.files.items():
         assert (base_dir / path).read_bytes() == data, path
     # weight bytes per rank: the largest rank's tensor bytes
