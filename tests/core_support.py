@@ -198,7 +198,7 @@ class PreheatEnv:
             if key in fields:
                 fields[key] = tuple(fields[key])
         request = PrefetchRequest(repo=repo, resources=resources, **fields)
-        run, _ = create_run(request, store)
+        run = create_run(request, store)
         return execute(run.store_url, run.name, progress=progress, cancel=cancel)
 
     def wait_for(self, predicate, timeout: float = 30, what: str = "condition") -> None:

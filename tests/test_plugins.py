@@ -196,7 +196,7 @@ class FakeShardArgs:
 class FakeEngine:
     @hookimpl
     def preheat_register_sharders(self, register):
-        register("fake", lambda: None, FakeShardArgs)
+        register("fake", lambda: None, args_class=FakeShardArgs)
 
 
 def test_shard_args_classes_come_from_installed_engine_plugins(registry_override):

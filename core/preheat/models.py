@@ -6,6 +6,8 @@ from typing import Any
 
 import attrs
 
+from preheat.shard_config import ShardRequest, to_shard_request
+
 MANIFEST_SCHEMA = 1
 
 
@@ -137,7 +139,7 @@ class PrefetchRequest:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force: int = 0
-    shard: dict[str, Any] | None = None
+    shard: ShardRequest | None = attrs.field(default=None, converter=to_shard_request)
     metadata: dict[str, Any] = attrs.Factory(dict)
     resources: Resources = Resources()
     source: str = "hf"

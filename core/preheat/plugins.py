@@ -39,17 +39,29 @@ class PluginInfo:
 
 @attrs.frozen
 class Registration:
-    """One thing a plugin registered under a name."""
+    """One thing a plugin registered under a name (`args_class` for sharders only)."""
 
     kind: str
     name: str
     plugin: str
     value: Any
-    extra: tuple[Any, ...] = ()
+    args_class: type | None = None
 
 
 class PluginCollision(PreheatError):
     """Two plugins registered the same name for the same job."""
+
+
+class PluginError(PreheatError):
+    """A plugin registered something preheat cannot use (reported against that plugin only)."""
+
+
+def _check_args_class(engine: str, args_class: Any) -> type:
+    if not (isinstance(args_class, type) and attrs.has(args_class)):
+        raise PluginError(
+            f"sharder {engine!r} needs args_class= an attrs class, got {args_class!r}"
+        )
+    return args_class
 
 
 class Registry:
@@ -71,28 +83,51 @@ class Registry:
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"preheat_register_{kind}")
         for impl in hook.get_hookimpls():
-            plugin = impl.plugin_name
-
-            def register(name: str, value: Any, *extra: Any, _plugin: str = plugin) -> None:
-                existing = self._entries[kind].get(name)
-                if existing is not None:
-                    raise PluginCollision(
-                        f"{kind[:-1]} {name!r} is registered by both plugin {existing.plugin!r} "
-                        f"and plugin {_plugin!r}: uninstall or disable one of them"
-                    )
-                self._entries[kind][name] = Registration(kind, name, _plugin, value, extra)
-
             try:
-                impl.function(register=register)
+                self._entries[kind].update(self._call(kind, impl))
             except PluginCollision:
                 raise
             except Exception as exc:  # one broken plugin must not take the others down
-                self.failures[plugin] = PluginInfo(
-                    name=plugin,
-                    distribution=self.dists.get(plugin, (None, None))[0],
-                    version=self.dists.get(plugin, (None, None))[1],
-                    error=f"{hook.name} failed: {type(exc).__name__}: {exc}",
+                self._fail(impl.plugin_name, f"{hook.name} failed: {type(exc).__name__}: {exc}")
+
+    def _call(self, kind: str, impl: pluggy.HookImpl) -> dict[str, Registration]:
+        """What one plugin's registration hook registers (kept only when the whole hook succeeds)."""
+        plugin = impl.plugin_name
+        mine: dict[str, Registration] = {}
+
+        def add(name: str, value: Any, args_class: type | None = None) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"registered a {kind[:-1]} under {name!r}: use a non-empty name")
+            if name in mine:
+                raise PluginError(f"registered {kind[:-1]} {name!r} twice")
+            existing = self._entries[kind].get(name)
+            if existing is not None:
+                raise PluginCollision(
+                    f"{kind[:-1]} {name!r} is registered by both plugin {existing.plugin!r} "
+                    f"and plugin {plugin!r}: uninstall or disable one of them"
                 )
+            mine[name] = Registration(kind, name, plugin, value, args_class)
+
+        if kind == "sharders":
+
+            def register(engine: str, sharder_factory: Any, *, args_class: type) -> None:
+                add(engine, sharder_factory, _check_args_class(engine, args_class))
+        else:
+
+            def register(name: str, factory: Any) -> None:
+                add(name, factory)
+
+        impl.function(register=register)
+        return mine
+
+    def _fail(self, plugin: str, error: str) -> None:
+        dist, version = self.dists.get(plugin, (None, None))
+        previous = self.failures.get(plugin)
+        if previous is not None and previous.error:
+            error = f"{previous.error}; {error}"
+        self.failures[plugin] = PluginInfo(
+            name=plugin, distribution=dist, version=version, error=error
+        )
 
     def get(self, kind: str, name: str) -> Registration | None:
         """The registration of `name` for `kind`, or None."""

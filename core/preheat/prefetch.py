@@ -8,7 +8,7 @@ from typing import Any
 
 from preheat.models import PrefetchRequest, Resources
 from preheat.runs import Run, submit
-from preheat.shard import ShardConfig
+from preheat.shard_config import ShardConfig, ShardRequest
 
 __all__ = ["ShardConfig", "hf_model"]
 
@@ -47,11 +47,7 @@ def hf_model(
     Everything is validated before the run starts (a bad repo id, artifact
     name, resource request or shard config raises PreheatError here).
     """
-    shard: dict[str, Any] | None = None
-    if shard_config is not None:
-        from preheat.shard import normalize_shard_config, shard_request
-
-        shard = shard_request(*normalize_shard_config(shard_config))
+    shard = ShardRequest.parse(shard_config) if shard_config is not None else None
     request = PrefetchRequest(
         repo=repo,
         revision=revision,
@@ -86,8 +82,8 @@ def __getattr__(name: str) -> Any:
         from preheat.plugins import get_registry
 
         for reg in get_registry().all("sharders"):
-            if reg.extra and reg.extra[0].__name__ == name:
-                return reg.extra[0]
+            if reg.args_class is not None and reg.args_class.__name__ == name:
+                return reg.args_class
         engine = name[: -len("ShardArgs")].lower()
         raise ImportError(
             f"{name} is provided by an engine plugin that is not installed: pip install preheat-{engine}"

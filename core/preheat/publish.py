@@ -9,13 +9,15 @@ last: until then the version is invisible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import psutil
 
@@ -23,6 +25,8 @@ from preheat.catalog import Catalog
 from preheat.errors import Cancelled, PreconditionFailed, PreheatError
 from preheat.models import FileEntry, Manifest
 from preheat.store import ObjectInfo, ObjectWriter
+
+log = logging.getLogger("preheat")
 
 LEASE_TTL = 60.0
 HEARTBEAT = 10.0
@@ -64,6 +68,7 @@ class Draft:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.lost = threading.Event()
+        self.published: Manifest | None = None
 
     # lease
 
@@ -229,3 +234,31 @@ class Draft:
             self.store.delete_prefix(self._files)
         self.release()
         return manifest
+
+
+@contextlib.contextmanager
+def building(
+    catalog: Catalog,
+    name: str,
+    version: str,
+    run: str,
+    *,
+    doing: str,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Iterator[Draft]:
+    """Hold the lease on `name:version` for the block; the lease is always released after it.
+
+    When another run published the version meanwhile, the draft's
+    `published` is its manifest and the block has nothing left to build.
+    """
+    draft = Draft(catalog, name, version, run)
+    draft.published = draft.acquire(
+        on_wait=lambda other: log.info(
+            "waiting for run %s, which is %s %s:%s", other, doing, name, version
+        ),
+        cancelled=cancelled,
+    )
+    try:
+        yield draft
+    finally:
+        draft.release()

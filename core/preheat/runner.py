@@ -117,10 +117,16 @@ def execute(
     *,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    record: RunRecord | None = None,
+    catalog: Catalog | None = None,
 ) -> RunRecord:
-    """Run the pipeline of run record `run` here and return its final record."""
-    catalog = Catalog(open_store(store_url))
-    record = catalog.run(run)
+    """Run the pipeline of run record `run` here and return its final record.
+
+    A caller that just created the run passes its `record` and `catalog`;
+    otherwise (a worker process) both are read from the store.
+    """
+    catalog = catalog or Catalog(open_store(store_url))
+    record = record or catalog.run(run)
     cancel = cancel or threading.Event()
     state = RunState(catalog, record, cancel, progress)
     with _run_log(catalog, run, echo=False):

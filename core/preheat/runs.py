@@ -31,10 +31,10 @@ class RunOutputValue:
 class Run:
     """A handle on a run whose record lives in a store."""
 
-    def __init__(self, name: str, store: str | None = None) -> None:
+    def __init__(self, name: str, store: str | None = None, *, catalog: Catalog | None = None):
         self.name = name
         self.store_url = store or default_store_url()
-        self._catalog: Catalog | None = None
+        self._catalog = catalog
 
     def __repr__(self) -> str:
         return f"Run(name={self.name!r}, store={self.store_url!r})"
@@ -109,10 +109,10 @@ class Run:
         return lookup("executors", record.executor).value().cancel(record)
 
 
-def create_run(
+def new_run(
     request: PrefetchRequest, store: str | None = None, executor: str = "local"
 ) -> tuple[Run, RunRecord]:
-    """Validate `request` and save a queued run record for it."""
+    """Validate `request` and save a queued run record; the run (bound to its catalog) and that record."""
     prepare(request)
     url = store or default_store_url()
     catalog = Catalog(open_store(url))
@@ -125,21 +125,26 @@ def create_run(
         executor=executor,
     )
     catalog.save_run(record)
-    run = Run(record.name, url)
-    run._catalog = catalog
-    return run, record
+    return Run(record.name, url, catalog=catalog), record
+
+
+def create_run(request: PrefetchRequest, store: str | None = None, executor: str = "local") -> Run:
+    """Validate `request`, save a queued run record for it and return the run, bound to its catalog."""
+    return new_run(request, store, executor)[0]
 
 
 def submit(request: PrefetchRequest, store: str | None = None, executor: str = "local") -> Run:
     """Validate `request`, save a queued run record and start it on `executor`."""
-    run, record = create_run(request, store, executor)
-    started = lookup("executors", executor).value().submit(record)
-    key = run.catalog.run_key(record.name)
-    found = run.catalog.store.read(key)
+    executor_factory = lookup("executors", executor).value
+    run, record = new_run(request, store, executor)
+    catalog = run.catalog
+    started = executor_factory().submit(record)
+    key = catalog.run_key(record.name)
+    found = catalog.store.read(key)
     if found is not None:
         current = serde.loads(found[0], RunRecord)
         if current.status == "queued" and current.pid is None:
             with contextlib.suppress(PreconditionFailed):
                 updated = attrs.evolve(current, pid=started.pid, host=started.host)
-                run.catalog.store.put(key, serde.dumps(updated), if_match=found[1])
+                catalog.store.put(key, serde.dumps(updated), if_match=found[1])
     return run

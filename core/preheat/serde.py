@@ -7,9 +7,14 @@ from typing import Any, TypeVar
 
 import cattrs
 
+from preheat.shard_config import ShardRequest
+
 T = TypeVar("T")
 
 converter = cattrs.Converter(omit_if_default=False, forbid_extra_keys=False)
+# a shard request crosses processes as plain data and is parsed again only here
+converter.register_unstructure_hook(ShardRequest, ShardRequest.to_dict)
+converter.register_structure_hook(ShardRequest, lambda data, _: ShardRequest.from_record(data))
 
 
 def to_dict(obj: Any) -> Any:

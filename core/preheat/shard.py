@@ -1,4 +1,4 @@
-"""The sharder interface and shard configs.
+"""The sharder interface.
 
 An engine plugin registers a sharder and its argument class through
 `preheat_register_sharders`. The pipeline asks the sharder to `plan` from
@@ -11,106 +11,16 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 
 from preheat.errors import PreheatError
 from preheat.metadata import SafetensorsHeader, parse_safetensors_header
 from preheat.models import FileEntry, Manifest, Resources, ServingFacts, ShardSpec
-from preheat.plugins import get_registry
 from preheat.store import Store
-
-
-@attrs.frozen
-class ShardConfig:
-    """Which engine to pre-shard for and its arguments (an instance of the engine's args class, or a dict)."""
-
-    engine: str
-    args: Any = None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ShardConfig:
-        """Load `engine:` and `args:` from a YAML file."""
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise PreheatError(f"cannot read shard config {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise PreheatError(
-                f"shard config {path} is not valid YAML{where}: fix the syntax"
-            ) from None
-        if not isinstance(data, dict) or not isinstance(data.get("engine"), str):
-            raise PreheatError(
-                f"shard config {path} must be a mapping with `engine: NAME` and `args: {{...}}`"
-            )
-        unknown = set(data) - {"engine", "args"}
-        if unknown:
-            raise PreheatError(
-                f"shard config {path}: unknown key(s) {', '.join(sorted(unknown))}; use engine and args"
-            )
-        args = data.get("args") or {}
-        if not isinstance(args, dict):
-            raise PreheatError(f"shard config {path}: `args` must be a mapping")
-        return cls(engine=data["engine"], args=args)
-
-
-def sharder_registration(engine: str):
-    """The registration of the sharder for `engine`, or an error saying what to install."""
-    reg = get_registry().get("sharders", engine)
-    if reg is None:
-        known = ", ".join(get_registry().names("sharders")) or "none installed"
-        raise PreheatError(
-            f"no sharder for engine {engine!r} (available: {known}); install preheat-{engine} or fix `engine:`"
-        )
-    return reg
-
-
-_args_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def normalize_shard_config(config: ShardConfig | Mapping[str, Any] | str | Path) -> tuple[str, Any]:
-    """(engine, args instance) from a ShardConfig, a plain dict or a YAML path; validates every field."""
-    if isinstance(config, (str, Path)):
-        config = ShardConfig.from_yaml(config)
-    elif isinstance(config, Mapping):
-        config = ShardConfig(engine=config.get("engine"), args=config.get("args") or {})
-    reg = sharder_registration(config.engine)
-    args_class = reg.extra[0]
-    args = config.args
-    if args is None:
-        args = args_class()
-    elif isinstance(args, Mapping):
-        allowed = [f.name for f in attrs.fields(args_class)]
-        unknown = sorted(set(args) - set(allowed))
-        if unknown:
-            raise PreheatError(
-                f"{config.engine} shard args: unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}"
-            )
-        try:
-            args = args_class(**args)
-        except PreheatError as exc:
-            raise PreheatError(f"{config.engine} shard args: {exc}") from None
-        except (ValueError, TypeError) as exc:
-            raise PreheatError(f"{config.engine} shard args: {exc}") from None
-    elif not isinstance(args, args_class):
-        raise PreheatError(
-            f"shard args for engine {config.engine!r} must be a {args_class.__name__}, not {type(args).__name__}"
-        )
-    return config.engine, args
-
-
-def shard_request(engine: str, args: Any) -> dict[str, Any]:
-    """A shard request as plain data, as kept in run records and hashed into versions."""
-    return {"engine": engine, "args": _args_converter.unstructure(args)}
 
 
 @attrs.frozen

@@ -277,15 +277,13 @@ class World:
         from preheat.models import PrefetchRequest, Resources
         from preheat.runner import execute
         from preheat.runs import create_run
-        from preheat.shard import normalize_shard_config, shard_request
 
         with self.applied():
-            spec = shard_request(*normalize_shard_config(shard)) if shard is not None else None
             request = PrefetchRequest(
-                repo=repo, shard=spec, resources=Resources(accelerator=accelerator), **fields
+                repo=repo, shard=shard, resources=Resources(accelerator=accelerator), **fields
             )
             mark = self.mark()
-            run, _ = create_run(request, store)
+            run = create_run(request, store)
             record = execute(run.store_url, run.name)
         return Outcome(record, self.requests_since(mark, repo), store)
 

@@ -105,12 +105,10 @@ def hf_model(
 
     from preheat.cli.output import Bars, note, print_json, want_bars
     from preheat.models import PrefetchRequest, Resources
-    from preheat.runs import create_run, submit
-    from preheat.shard import normalize_shard_config, shard_request
+    from preheat.runs import new_run, submit
+    from preheat.shard_config import ShardRequest
 
-    shard = (
-        shard_request(*normalize_shard_config(shard_config)) if shard_config is not None else None
-    )
+    shard = ShardRequest.parse(shard_config) if shard_config is not None else None
     metadata = {
         "architecture": architecture,
         "task": task,
@@ -146,14 +144,15 @@ def hf_model(
 
     from preheat.runner import execute, install_cancel_signals
 
-    run, _ = create_run(request, store)
+    run, created = new_run(request, store)
     cancel = threading.Event()
     install_cancel_signals(cancel)
+    here = {"cancel": cancel, "record": created, "catalog": run.catalog}
     if want_bars(quiet):
         with Bars() as bars:
-            record = execute(run.store_url, run.name, progress=bars, cancel=cancel)
+            record = execute(run.store_url, run.name, progress=bars, **here)
     else:
-        record = execute(run.store_url, run.name, cancel=cancel)
+        record = execute(run.store_url, run.name, **here)
     summary = run_summary(record, run.catalog)
     if as_json:
         print_json(summary)

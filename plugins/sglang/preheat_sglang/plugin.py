@@ -27,7 +27,7 @@ def make_resolver():
 
 @hookimpl
 def preheat_register_sharders(register):
-    register("sglang", make_sharder, SGLangShardArgs)
+    register("sglang", make_sharder, args_class=SGLangShardArgs)
 
 
 @hookimpl

@@ -207,10 +207,10 @@ def test_shard_args_from_yaml_are_refused_before_contacting_the_hub(world, key, 
 
 @pytest.mark.parametrize("key, args, words", MORE_YAML_ARGS, ids=[c[0] for c in MORE_YAML_ARGS])
 def test_more_shard_args_from_yaml_are_refused(key, args, words):
-    from preheat.shard import normalize_shard_config
+    from preheat.shard_config import ShardRequest
 
     with pytest.raises(PreheatError) as info:
-        normalize_shard_config(yaml.safe_load(SGLANG.yaml(**args)))
+        ShardRequest.parse(yaml.safe_load(SGLANG.yaml(**args)))
     assert str(info.value).startswith("sglang shard args: "), info.value
     for word in words:
         assert word in str(info.value)

@@ -350,7 +350,7 @@ def test_memory_store_in_process(e2e, monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("PREHEAT_HOME", str(tmp_path / "home"))
     url = f"memory://{e2e.base}/in-process"
-    run, _ = create_run(PrefetchRequest(repo=repo), url)
+    run = create_run(PrefetchRequest(repo=repo), url)
     record = execute(url, run.name)
     assert record.status == "succeeded", record.error
     catalog = Catalog(open_store(url))

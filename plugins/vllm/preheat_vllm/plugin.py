@@ -28,7 +28,7 @@ def make_resolver():
 
 @hookimpl
 def preheat_register_sharders(register):
-    register("vllm", make_sharder, VLLMShardArgs)
+    register("vllm", make_sharder, args_class=VLLMShardArgs)
 
 
 @hookimpl

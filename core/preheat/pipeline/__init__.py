@@ -1,0 +1,155 @@
+"""The prefetch pipeline: validate, pin, inspect, check capacity, fetch + verify, shard, publish.
+
+Every check that can fail does so before the first weight byte moves. Each
+stage lives in its own module; `Pipeline` chains them for one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import attrs
+
+from preheat.catalog import Catalog
+from preheat.errors import PreheatError
+from preheat.fetch import Fetcher, SourceOffline, select
+from preheat.metadata import detect_metadata, serving_facts
+from preheat.models import FileEntry, Manifest, PrefetchRequest
+from preheat.pipeline.capacity import check_capacity
+from preheat.pipeline.download import fetch_artifact
+from preheat.pipeline.inspection import inspect_remote, inspect_stored
+from preheat.pipeline.progress import Context, Progress
+from preheat.pipeline.request import (
+    Prepared,
+    check_name_owner,
+    prepare,
+    stored_match,
+    version_of,
+)
+from preheat.pipeline.sharding import shard_artifact
+from preheat.plugins import lookup
+from preheat.shard import ModelView, ShardPlan
+
+__all__ = ["Outcome", "Pipeline", "Prepared", "Progress", "prepare", "version_of"]
+
+log = logging.getLogger("preheat")
+
+
+@attrs.frozen
+class Outcome:
+    """What a prefetch produced: the artifact's manifest and whether it was reused as is."""
+
+    manifest: Manifest
+    reused: bool
+
+
+class Pipeline:
+    """One prefetch, run by one process, reporting to `progress` and stopping when `cancel` is set."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        run: str,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = catalog.store
+        self.run = run
+        self.ctx = Context(run, progress, cancel)
+
+    def prefetch(self, request: PrefetchRequest) -> Outcome:
+        """Run the whole pipeline for `request`."""
+        prepared = prepare(request)
+        fetcher_factory = lookup("fetchers", request.source).value
+        fetcher: Fetcher = fetcher_factory(token_key=request.hf_token_key)
+        try:
+            return self._prefetch(prepared, fetcher)
+        finally:
+            fetcher.close()
+
+    def _prefetch(self, prepared: Prepared, fetcher: Fetcher) -> Outcome:
+        request, name, ctx = prepared.request, prepared.name, self.ctx
+        ctx.stage(f"resolving {request.repo}@{request.revision or 'main'}")
+        try:
+            snapshot = fetcher.snapshot(request.repo, request.revision)
+        except SourceOffline:
+            stored = stored_match(self.catalog, prepared)
+            if stored is None:
+                raise
+            log.info("source offline: reusing stored %s:%s", stored.name, stored.version)
+            return Outcome(stored, True)
+        files = select(snapshot.files, request.include, request.exclude)
+        if not files:
+            raise PreheatError(
+                f"no file of {request.repo}@{snapshot.source.commit[:12]} matches the include/exclude patterns"
+            )
+        log.info(
+            "pinned %s to commit %s (%d files selected)",
+            request.repo,
+            snapshot.source.commit,
+            len(files),
+        )
+        paths = [f.path for f in files]
+        base_version = version_of(snapshot, paths, None, request.force)
+
+        shard, shard_dict = request.shard, prepared.shard_dict
+        target_version = base_version
+        if shard is not None:
+            sharder = lookup("sharders", shard.engine).value()
+            target_version = version_of(snapshot, paths, shard_dict, request.force, shard.engine)
+        done = self.catalog.manifest(name, target_version)
+        if done is not None:
+            log.info("reusing %s:%s", name, done.version)
+            self.catalog.set_alias(name, "latest", done.version)
+            return Outcome(done, True)
+        if not request.artifact_name:
+            check_name_owner(self.catalog, name, request.repo)
+        base = self.catalog.manifest(name, base_version) if shard is not None else None
+        to_fetch = files if base is None else []
+        # what the listing alone says will land: refuse before reading even a header
+        check_capacity(self.store, request.resources, to_fetch, None)
+
+        ctx.stage("reading config and safetensors headers")
+        if base is not None:
+            config, readme, headers = inspect_stored(self.catalog, base)
+        else:
+            config, readme, headers = inspect_remote(fetcher, snapshot, files)
+        metadata = detect_metadata(config, readme, paths, request.metadata)
+        serving = serving_facts(config, headers)
+
+        plan: ShardPlan | None = None
+        if shard is not None:
+            view = ModelView(
+                config=config or {},
+                files=tuple(FileEntry(f.path, f.size, f.sha256 or "") for f in files),
+                headers=headers,
+                serving=serving,
+            )
+            plan = sharder.plan(view, shard.args, request.resources)
+
+        check_capacity(self.store, request.resources, to_fetch, plan)
+        ctx.check()
+
+        if base is None:
+            base = fetch_artifact(
+                ctx,
+                self.catalog,
+                fetcher,
+                snapshot,
+                files,
+                name,
+                base_version,
+                request,
+                metadata,
+                serving,
+                alias=plan is None,
+            )
+            if plan is None:
+                return Outcome(base, False)
+        manifest, reused = shard_artifact(
+            ctx, self.catalog, sharder, plan, base, name, target_version, serving, shard_dict
+        )
+        return Outcome(manifest, reused)
