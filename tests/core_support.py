@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from functools import cache
@@ -16,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from preheat_testing.cli import CliResult
-
-PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
+from preheat_testing.cli import CliProcess, CliResult, run_cli, run_in_process
 
 
 def _import_hub_client_hermetically() -> None:
@@ -45,7 +41,6 @@ def _import_hub_client_hermetically() -> None:
 
 _import_hub_client_hermetically()
 _CLEARED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HOME")
-_RUN_NOTE = re.compile(r"^run r[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 
 
 class PreheatEnv:
@@ -119,60 +114,26 @@ class PreheatEnv:
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
         """Run `preheat ARGS...` and return its exit code and output."""
-        proc = subprocess.run(
-            [PREHEAT_BIN, *args],
-            env={**self.env, **(env or {})},
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CliResult(list(args), proc.returncode, proc.stdout, proc.stderr)
+        return run_cli(args, env={**self.env, **(env or {})}, cwd=self.cwd, timeout=timeout)
 
     def cli_in_process(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
         """Run the CLI's `main()` in this process (fast; for variants of a case a subprocess covers)."""
-        import io
-
-        from preheat.cli.main import main
-
-        out, err = io.StringIO(), io.StringIO()
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        argv, code = sys.argv, 0
         outer = self.applied() if self._mp is None else contextlib.nullcontext()
         with outer, pytest.MonkeyPatch.context() as mp:
             for key, value in (env or {}).items():
                 mp.setenv(key, value)
-            mp.chdir(self.cwd)
-            sys.argv = [PREHEAT_BIN, *args]
-            try:
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            finally:
-                sys.argv = argv
-                for sig, handler in handlers.items():
-                    signal.signal(sig, handler)
-        return CliResult(list(args), code, out.getvalue(), err.getvalue())
+            return run_in_process(args, cwd=self.cwd)
 
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> CliProcess:
         """Start `preheat ARGS...` in the background (output captured as text)."""
-        proc = subprocess.Popen(
-            [PREHEAT_BIN, *args],
-            env={**self.env, **(env or {})},
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = CliProcess(args, env={**self.env, **(env or {})}, cwd=self.cwd)
         self._procs.append(proc)
         return proc
 
     @staticmethod
-    def finish(proc: subprocess.Popen, timeout: float = 120) -> CliResult:
+    def finish(proc: CliProcess, timeout: float = 120) -> CliResult:
         """Wait for a `popen` process and collect its result."""
-        out, err = proc.communicate(timeout=timeout)
-        return CliResult([str(a) for a in proc.args[1:]], proc.returncode, out, err)
+        return proc.finish(timeout)
 
     # the store, read in-process
 

@@ -238,6 +238,34 @@ def test_stores_are_opened_through_the_plugin_owning_the_scheme(registry_overrid
         open_store("s3://bucket")
 
 
+@pytest.mark.parametrize("url", ["s3://b/x", "gs://b/x", "az://c/x", "memory://m/x"])
+def test_a_cloud_store_without_the_storage_plugin_names_its_install_line(registry_override, url):
+    from preheat.config import open_store
+    from preheat.errors import PreheatError
+
+    registry_override(make_registry(entry_points=False, extra=[("local", "preheat.builtin.local")]))
+    scheme = url.split("://", 1)[0]
+    expected = (
+        f"unknown store URL scheme {scheme}:// in '{url}': pip install preheat-storage "
+        "(supported: file://)"
+    )
+    with pytest.raises(PreheatError) as info:
+        open_store(url)
+    assert str(info.value) == expected
+
+
+def test_an_unknown_store_scheme_names_no_install_line(registry_override):
+    from preheat.config import open_store
+    from preheat.errors import PreheatError
+
+    registry_override(make_registry(entry_points=False, extra=[("local", "preheat.builtin.local")]))
+    with pytest.raises(PreheatError) as info:
+        open_store("gopher://x")
+    assert (
+        str(info.value) == "unknown store URL scheme gopher:// in 'gopher://x' (supported: file://)"
+    )
+
+
 def test_lookup_of_a_missing_name_lists_what_is_installed():
     from preheat.errors import PreheatError
     from preheat.plugins import lookup

@@ -11,6 +11,10 @@ from preheat.plugins import get_registry
 from preheat.store import Store
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# The distribution to install for a store scheme that no installed plugin serves.
+_STORE_DISTRIBUTIONS = dict.fromkeys(
+    ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory"), "preheat-storage"
+)
 
 
 def preheat_home() -> Path:
@@ -36,12 +40,9 @@ def open_store(url: str | None = None) -> Store:
     registration = get_registry().get("stores", scheme)
     if registration is None:
         known = ", ".join(f"{s}://" for s in get_registry().names("stores"))
-        hint = (
-            " (install preheat-storage for s3://, gs://, az://)"
-            if scheme in {"s3", "gs", "az", "azure", "abfs", "abfss", "memory"}
-            else ""
-        )
+        distribution = _STORE_DISTRIBUTIONS.get(scheme)
+        install = f": pip install {distribution}" if distribution else ""
         raise PreheatError(
-            f"unknown store URL scheme {scheme}:// in {url!r}{hint}; supported: {known}"
+            f"unknown store URL scheme {scheme}:// in {url!r}{install} (supported: {known})"
         )
     return registration.value(url)

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +31,8 @@ import numpy as np
 
 from preheat.resolve import location
 from preheat_testing import models
-from preheat_testing.cli import CliResult
+from preheat_testing.cli import CliResult, run_cli
 
-PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
 HEADER_PROBE = 64 << 10
 DEFAULT_PATTERN = "model-rank-{rank}-part-{part}.safetensors"
 ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
@@ -43,7 +41,6 @@ ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _CLEARED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HOME")
-_RUN_NOTE = re.compile(r"^run r[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _BOUNDED_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 
 # Models for tensor-parallel sizes that do not divide 64 (heads, kv heads and intermediate
@@ -289,15 +286,7 @@ class World:
 
     def cli(self, *args: str, timeout: float = 120) -> CliResult:
         """`preheat ARGS...` as a subprocess."""
-        proc = subprocess.run(
-            [PREHEAT_BIN, *args],
-            env=self.env,
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CliResult(list(args), proc.returncode, proc.stdout, proc.stderr)
+        return run_cli(args, env=self.env, cwd=self.cwd, timeout=timeout)
 
     def write_yaml(self, name: str, text: str) -> Path:
         path = self.root / "configs" / name

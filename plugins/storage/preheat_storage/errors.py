@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from preheat.errors import NotFound, PreconditionFailed, PreheatError
+from preheat.api import NotFound, PreconditionFailed, PreheatError
 
 
 class StoreError(PreheatError):

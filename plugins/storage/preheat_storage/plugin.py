@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from preheat.hookspecs import hookimpl
+from preheat.api import hookimpl
 
 SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory")
 

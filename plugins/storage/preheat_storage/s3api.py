@@ -118,7 +118,7 @@ class S3Api:
     def _sign(self, method: str, url: str, canonical_query: str) -> dict[str, str]:
         access_key, secret_key, token = self.credentials
         parts = urlsplit(url)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         headers = {
             "host": parts.netloc,
@@ -170,5 +170,5 @@ def _parse_time(value: str) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return dt.datetime.now(dt.timezone.utc)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

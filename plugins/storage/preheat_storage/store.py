@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import logging
 import threading
@@ -12,10 +11,17 @@ from typing import Any
 
 import obstore
 from obstore import exceptions as oe
-from preheat.errors import NotFound, PreconditionFailed, PreheatError
-from preheat.store import ObjectInfo, ObjectWriter, Store
 
-from preheat_storage.config import Settings, StoreURL, parse_url, resolve
+from preheat.api import (
+    NotFound,
+    ObjectInfo,
+    ObjectWriter,
+    PreconditionFailed,
+    PreheatError,
+    Store,
+    register_secret,
+)
+from preheat_storage.backend import NOT_FOUND, build_backend, object_etag
 from preheat_storage.errors import (
     ErrorContext,
     Scrubber,
@@ -23,54 +29,14 @@ from preheat_storage.errors import (
     is_bucket_missing,
     is_range_error,
 )
-
-try:
-    from preheat.redact import register_secret
-except ImportError:  # an older core without central redaction
-    register_secret = None
+from preheat_storage.reader import read_chunks
+from preheat_storage.settings import resolve
+from preheat_storage.urls import StoreURL, parse_url
+from preheat_storage.writer import MultipartWriter
 
 log = logging.getLogger(__name__)
 
-_MEMORY: dict[str, Any] = {}
-_MEMORY_LOCK = threading.Lock()
 _DELETE_BATCH = 1000
-_NOT_FOUND = (FileNotFoundError, oe.NotFoundError)  # obstore raises the builtin
-
-
-def memory_backend(name: str):
-    """The process-wide in-memory store called `name` (memory://NAME/...)."""
-    from obstore.store import MemoryStore
-
-    with _MEMORY_LOCK:
-        if name not in _MEMORY:
-            _MEMORY[name] = MemoryStore()
-        return _MEMORY[name]
-
-
-def build_backend(settings: Settings):
-    """The obstore store for `settings` (prefixes are applied by ObstoreStore, not obstore)."""
-    from obstore.store import AzureStore, GCSStore, S3Store
-
-    url = settings.url
-    if url.kind == "memory":
-        return memory_backend(url.bucket)
-    kwargs: dict[str, Any] = {
-        "config": settings.config or None,
-        "client_options": settings.client_options,
-        "retry_config": settings.retry_config,
-    }
-    if settings.credential_provider is not None:
-        kwargs["credential_provider"] = settings.credential_provider
-    cls = {"s3": S3Store, "gcs": GCSStore, "azure": AzureStore}[url.kind]
-    return cls(url.bucket, **kwargs)
-
-
-def _etag(meta: Mapping[str, Any], kind: str) -> str | None:
-    etag = meta.get("e_tag")
-    # Azure's listings give bare etags where HEAD and PUT give quoted ones.
-    if etag and kind == "azure" and not etag.startswith(('"', "W/")):
-        etag = f'"{etag}"'
-    return etag
 
 
 class ObstoreStore(Store):
@@ -78,7 +44,7 @@ class ObstoreStore(Store):
 
     Keys are relative to the URL's path. Settings come from `options`, then the
     preheat config file, then the cloud's usual environment variables (see
-    `preheat_storage.config.resolve`).
+    `preheat_storage.settings.resolve`).
     """
 
     def __init__(self, url: str | StoreURL, *, options: Mapping[str, Any] | None = None) -> None:
@@ -87,9 +53,8 @@ class ObstoreStore(Store):
         self._u = parsed
         self.url = parsed.url
         self._scrub = Scrubber(self.settings.secrets)
-        if register_secret is not None:  # keep them out of core's logs and run records too
-            for secret in self.settings.secrets:
-                register_secret(secret)
+        for secret in self.settings.secrets:  # keep them out of core's logs and run records too
+            register_secret(secret)
         self._errors = ErrorContext(
             parsed.url,
             parsed.kind,
@@ -109,6 +74,7 @@ class ObstoreStore(Store):
 
     @classmethod
     def from_url(cls, url: str) -> ObstoreStore:
+        """The store at `url`, with settings from the config file and the environment."""
         return cls(url)
 
     def __repr__(self) -> str:
@@ -116,9 +82,10 @@ class ObstoreStore(Store):
 
     __str__ = __repr__
 
-    # -- helpers --------------------------------------------------------------------------------
+    # -- helpers (also used by `reader` and `writer`) -------------------------------------------
 
     def uri(self, key: str) -> str:
+        """The full URL of a store-relative key."""
         return self._u.uri(key)
 
     def _path(self, key: str) -> str:
@@ -131,7 +98,7 @@ class ObstoreStore(Store):
         return path[len(prefix) + 1 :] if prefix else path
 
     def _translate(self, exc: BaseException, op: str, where: str) -> PreheatError:
-        if isinstance(exc, _NOT_FOUND) and is_bucket_missing(exc):
+        if isinstance(exc, NOT_FOUND) and is_bucket_missing(exc):
             self._bucket_ok = False
         return self._errors.translate(exc, op, where, self._u.bucket)
 
@@ -155,7 +122,7 @@ class ObstoreStore(Store):
         return True
 
     def _info(self, key: str, meta: Mapping[str, Any]) -> ObjectInfo:
-        return ObjectInfo(key=key, size=int(meta["size"]), etag=_etag(meta, self._u.kind))
+        return ObjectInfo(key=key, size=int(meta["size"]), etag=object_etag(meta, self._u.kind))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -170,7 +137,7 @@ class ObstoreStore(Store):
     def _head_meta(self, key: str) -> Mapping[str, Any] | None:
         try:
             return obstore.head(self._store, self._path(key))
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             self._missing(exc)
             return None
         except PreheatError:
@@ -186,14 +153,14 @@ class ObstoreStore(Store):
         try:
             result = obstore.get(self._store, self._path(key))
             data = bytes(result.bytes())
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             self._missing(exc)
             return None
         except PreheatError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, "read", self.uri(key)) from None
-        return data, _etag(result.meta, self._u.kind)
+        return data, object_etag(result.meta, self._u.kind)
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -202,7 +169,7 @@ class ObstoreStore(Store):
             return bytes(
                 obstore.get_range(self._store, self._path(key), start=start, length=length)
             )
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             self._missing(exc)
             raise NotFound(self._scrub(f"{self.uri(key)} does not exist")) from None
         except PreheatError:
@@ -232,7 +199,7 @@ class ObstoreStore(Store):
                 starts=[spans[i][0] for i in wanted],
                 ends=[spans[i][1] for i in wanted],
             )
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             self._missing(exc)
             raise NotFound(self._scrub(f"{self.uri(key)} does not exist")) from None
         except Exception as exc:  # noqa: BLE001
@@ -246,57 +213,7 @@ class ObstoreStore(Store):
         meta = self._head_meta(key)
         if meta is None:
             raise NotFound(self._scrub(f"{self.uri(key)} does not exist"))
-        return self._chunks(key, int(meta["size"]), meta, max(1, chunk_size))
-
-    def _chunks(
-        self, key: str, size: int, meta: Mapping[str, Any], chunk: int
-    ) -> Iterator[memoryview]:
-        """Ranged GETs, a few in flight, all pinned to the version that HEAD saw."""
-        path = self._path(key)
-        options: dict[str, Any] = {}
-        if self._u.kind == "gcs" and meta.get("version"):
-            options["version"] = meta["version"]
-        elif meta.get("e_tag"):
-            options["if_match"] = meta["e_tag"]
-
-        def fetch(start: int) -> memoryview:
-            try:
-                got = obstore.get(
-                    self._store,
-                    path,
-                    options={**options, "range": (start, min(start + chunk, size))},
-                )
-                # a zero-copy view: copying into `bytes` costs about a second of CPU per GiB
-                return memoryview(got.bytes())
-            except oe.PreconditionError:
-                raise PreconditionFailed(
-                    self._scrub(f"{self.uri(key)} changed while it was being read")
-                ) from None
-            except Exception as exc:  # noqa: BLE001
-                raise self._translate(exc, "read", self.uri(key)) from None
-
-        starts = iter(range(0, size, chunk))
-        if size <= chunk:
-            for start in starts:
-                yield fetch(start)
-            return
-        pool = self._executor()
-        depth = min(4, self.settings.max_concurrency)
-        pending: collections.deque = collections.deque()
-        try:
-            for start in starts:
-                pending.append(pool.submit(fetch, start))
-                if len(pending) >= depth:
-                    break
-            while pending:
-                data = pending.popleft().result()
-                nxt = next(starts, None)
-                if nxt is not None:
-                    pending.append(pool.submit(fetch, nxt))
-                yield data
-        finally:
-            for future in pending:
-                future.cancel()
+        return read_chunks(self, key, meta, max(1, chunk_size))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # obstore lists whole path segments ("a/b" matches a/b/x, not a/bc), so list the
@@ -342,7 +259,7 @@ class ObstoreStore(Store):
             mode = self._conditional_mode(key, if_absent, if_match)
         try:
             result = obstore.put(self._store, path, data, mode=mode, use_multipart=False)
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             if isinstance(mode, dict) and not is_bucket_missing(exc):
                 raise PreconditionFailed(self._scrub(f"{self.uri(key)} does not exist")) from None
             self._bucket_ok = False
@@ -350,7 +267,7 @@ class ObstoreStore(Store):
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, "write", self.uri(key)) from None
         self._bucket_ok = True
-        return ObjectInfo(key=key, size=len(data), etag=_etag(result, self._u.kind))
+        return ObjectInfo(key=key, size=len(data), etag=object_etag(result, self._u.kind))
 
     def _conditional_mode(self, key: str, if_absent: bool, if_match: str | None) -> Any:
         """The obstore put mode; with `conditional_writes = false`, a best-effort check first."""
@@ -362,7 +279,7 @@ class ObstoreStore(Store):
             if if_absent and current is not None:
                 raise PreconditionFailed(self._scrub(f"{self.uri(key)} already exists"))
             if if_match is not None and (
-                current is None or _etag(current, self._u.kind) != if_match
+                current is None or object_etag(current, self._u.kind) != if_match
             ):
                 raise PreconditionFailed(
                     self._scrub(
@@ -379,12 +296,12 @@ class ObstoreStore(Store):
 
     def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
         # Remote stores keep no partial bytes between processes: a resumed write starts over.
-        return _Writer(self, key)
+        return MultipartWriter(self, key)
 
     def delete(self, key: str) -> None:
         try:
             obstore.delete(self._store, self._path(key))
-        except _NOT_FOUND as exc:
+        except NOT_FOUND as exc:
             if is_bucket_missing(exc):
                 raise self._errors.bucket_missing(self._u.bucket) from None
         except PreheatError:
@@ -398,7 +315,7 @@ class ObstoreStore(Store):
             batch = [self._path(k) for k in keys[i : i + _DELETE_BATCH]]
             try:
                 obstore.delete(self._store, batch)
-            except _NOT_FOUND:
+            except NOT_FOUND:
                 for path in batch:  # one was already gone; Azure fails the whole batch
                     self.delete(self._key(path))
             except Exception as exc:  # noqa: BLE001
@@ -456,7 +373,7 @@ class ObstoreStore(Store):
             creds,
             virtual_hosted=self.settings.virtual_hosted,
         )
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self.settings.gc_after)
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.gc_after)
         prefix = f"{self._u.prefix}/" if self._u.prefix else ""
         count = 0
         try:
@@ -482,102 +399,3 @@ class ObstoreStore(Store):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Writer(ObjectWriter):
-    """A multipart upload (S3, GCS) or staged blocks (Azure), visible only after `commit`.
-
-    The upload starts once a whole part is buffered (a smaller object is one PUT on
-    commit). `max_concurrency` bounds the parts in flight of the whole store: each
-    upload gets its share among the writers open when it starts, so eight files
-    streamed at once hold about 2 x 8 parts in memory, not 8 x 9.
-    """
-
-    def __init__(self, store: ObstoreStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        self._size = 0
-        self._closed = False
-        self._file: Any = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        with store._lock:
-            store._writers += 1
-
-    def _start(self) -> None:
-        store = self._store
-        with store._lock:
-            share = -(-store.settings.max_concurrency // max(1, store._writers))
-        self._file = obstore.open_writer(
-            store._store,
-            store._path(self._key),
-            buffer_size=store.settings.part_size,
-            max_concurrency=share,
-        )
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        for data in pending:
-            self._file.write(data)
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pending, self._pending_size = [], 0
-            with self._store._lock:
-                self._store._writers -= 1
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._closed:
-            raise PreheatError(f"write to {self._store.uri(self._key)} after commit or abort")
-        if not isinstance(data, bytes):
-            # obstore keeps a zero-copy view until the part is uploaded; callers reuse buffers.
-            data = bytes(data)
-        try:
-            if self._file is not None:
-                self._file.write(data)
-            else:
-                self._pending.append(data)
-                self._pending_size += len(data)
-                if self._pending_size >= self._store.settings.part_size:
-                    self._start()
-        except Exception as exc:  # noqa: BLE001
-            self.abort()
-            raise self._error(exc) from None
-        self._size += len(data)
-
-    def commit(self) -> ObjectInfo:
-        if self._closed:
-            raise PreheatError(f"commit of {self._store.uri(self._key)} after commit or abort")
-        try:
-            if self._file is None:
-                self._start()
-            self._file.close()
-        except Exception as exc:  # noqa: BLE001
-            self._close()
-            raise self._error(exc) from None
-        self._close()
-        info = self._store.head(self._key)
-        if info is None:
-            raise StoreError(f"{self._store.uri(self._key)} is missing right after its upload")
-        return info
-
-    def abort(self) -> None:
-        if self._closed:
-            return
-        file = self._file
-        self._close()
-        if file is None:  # nothing was sent yet
-            return
-        try:
-            # obstore aborts the multipart upload when its writer exits with an exception.
-            file.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except Exception as exc:  # noqa: BLE001
-            log.warning(
-                "aborting the upload of %s failed: %s", self._store.uri(self._key), self._error(exc)
-            )
-
-    def _error(self, exc: BaseException) -> PreheatError:
-        store = self._store
-        if isinstance(exc, _NOT_FOUND):
-            store._bucket_ok = False
-            return store._errors.bucket_missing(store._u.bucket)
-        return store._translate(exc, "write", store.uri(self._key))

@@ -144,57 +144,16 @@ def store(make_store):
 # ================================================================================================
 
 import hashlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
 from itertools import count  # noqa: E402
 
-PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
+from preheat_testing.cli import CliProcess, CliResult, run_cli, run_in_process  # noqa: E402
+
 _E2E_DROPPED = ("AWS_", "AZURE_", "AZURITE_", "GOOGLE_", "PREHEAT_", "HF_", "HUGGING", "PYTEST_")
-_E2E_RUN_NOTE = re.compile(r"^run r[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass
-class CliResult:
-    """One `preheat` subprocess: arguments, exit code, output and wall time."""
-
-    args: list
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def json(self):
-        try:
-            return json.loads(self.stdout)
-        except ValueError:
-            raise AssertionError(f"stdout is not one JSON object:\n{self}") from None
-
-    def ok(self) -> CliResult:
-        assert self.returncode == 0, f"preheat {' '.join(self.args)} failed:\n{self}"
-        return self
-
-    def error_line(self) -> str:
-        """The single `error: ...` line on stderr (no traceback, nothing else but the run note)."""
-        assert self.returncode != 0, f"expected a failure:\n{self}"
-        assert "Traceback" not in self.stderr, str(self)
-        lines = [line for line in self.stderr.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("error: ")]
-        others = [x for x in lines if not x.startswith("error: ") and not _E2E_RUN_NOTE.match(x)]
-        assert len(errors) == 1 and not others, f"expected one error line on stderr:\n{self}"
-        return errors[0]
-
-    def __str__(self) -> str:
-        return (
-            f"exit {self.returncode} after {self.seconds:.1f}s\n--- stdout\n{self.stdout}"
-            f"\n--- stderr\n{self.stderr}"
-        )
 
 
 class Machine:
@@ -223,34 +182,22 @@ class Machine:
             self.env.update(server.env)
         self.env.update(env)
 
-    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [PREHEAT_BIN, *args],
-            env={**self.env, **(env or {})},
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        proc.started = time.monotonic()  # type: ignore[attr-defined]
+    def start(self, *args: str, env: dict | None = None) -> CliProcess:
+        """`preheat ARGS...` started in the background; collect it with `finish`."""
+        proc = CliProcess(args, env={**self.env, **(env or {})}, cwd=self.cwd)
         self.e2e.procs.append(proc)
         return proc
 
-    def finish(self, proc: subprocess.Popen, timeout: float = 120) -> CliResult:
-        out, err = proc.communicate(timeout=timeout)
-        result = CliResult(
-            [str(a) for a in proc.args[1:]],
-            proc.returncode,
-            out,
-            err,
-            time.monotonic() - proc.started,  # type: ignore[attr-defined]
-        )
+    def finish(self, proc: CliProcess, timeout: float = 120) -> CliResult:
+        result = proc.finish(timeout)
         self.e2e.check_output(result)
         return result
 
     def cli(self, *args: str, env: dict | None = None, timeout: float = 120) -> CliResult:
         """`preheat ARGS...` as a subprocess."""
-        return self.finish(self.start(*args, env=env), timeout)
+        result = run_cli(args, env={**self.env, **(env or {})}, cwd=self.cwd, timeout=timeout)
+        self.e2e.check_output(result)
+        return result
 
     def many(self, *commands) -> list[CliResult]:
         """Several independent `preheat` commands at once (each a tuple of arguments)."""
@@ -259,31 +206,13 @@ class Machine:
 
     def in_process(self, *args: str) -> CliResult:
         """The CLI's `main()` in this process under this machine's environment (for quick reads)."""
-        import io
-
-        from preheat.cli.main import main
-
-        out, err = io.StringIO(), io.StringIO()
-        code, started = 0, time.monotonic()
-        argv = sys.argv
         with pytest.MonkeyPatch.context() as mp:
             for key in list(os.environ):
                 if key not in self.env:
                     mp.delenv(key)
             for key, value in self.env.items():
                 mp.setenv(key, value)
-            mp.chdir(self.cwd)
-            sys.argv = [PREHEAT_BIN, *args]
-            try:
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            finally:
-                sys.argv = argv
-        result = CliResult(
-            list(args), code, out.getvalue(), err.getvalue(), time.monotonic() - started
-        )
+            result = run_in_process(args, cwd=self.cwd)
         self.e2e.check_output(result)
         return result
 

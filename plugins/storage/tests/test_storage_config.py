@@ -8,19 +8,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from preheat.errors import PreheatError
 
-from preheat_storage.config import (
-    DEFAULT_PART_SIZE,
-    config_path,
-    parse_connection_string,
-    parse_duration,
-    parse_size,
-    parse_url,
-    resolve,
-)
+from preheat.api import PreheatError
+from preheat_storage.credentials import parse_connection_string
 from preheat_storage.errors import Unreachable
+from preheat_storage.settings import DEFAULT_PART_SIZE, config_path, resolve
 from preheat_storage.store import ObstoreStore
+from preheat_storage.urls import parse_url
+from preheat_storage.values import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import os
 import threading
 
 import pytest
-from preheat.errors import NotFound, PreconditionFailed
-from preheat.store import ObjectInfo
+
+from preheat.api import NotFound, ObjectInfo, PreconditionFailed
 
 MiB = 1 << 20
 

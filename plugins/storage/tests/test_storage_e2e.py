@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pytest
+
 from preheat_testing import servers
 from preheat_testing.hub import Fault
 from preheat_testing.models import forward, load_safetensors
@@ -338,26 +339,19 @@ def test_vllm_tp2_shard_built_from_an_artifact_in_s3(e2e, tmp_path):
 
 def test_memory_store_in_process(e2e, monkeypatch, tmp_path):
     """memory:// lives in one process: the pipeline, the catalog and a resolve share it."""
-    from preheat.catalog import Catalog
-    from preheat.config import open_store
-    from preheat.models import PrefetchRequest
-    from preheat.resolve import location, materialize
-    from preheat.runner import execute
-    from preheat.runs import create_run
+    from preheat.api import materialize, resolve_artifact
+    from preheat_testing.core import prefetch_here
 
     repo, model = e2e.repo("llama_tied_mqa")
     monkeypatch.setenv("HF_ENDPOINT", e2e.hub.endpoint)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("PREHEAT_HOME", str(tmp_path / "home"))
     url = f"memory://{e2e.base}/in-process"
-    run = create_run(PrefetchRequest(repo=repo), url)
-    record = execute(url, run.name)
+    record = prefetch_here(url, repo=repo)
     assert record.status == "succeeded", record.error
-    catalog = Catalog(open_store(url))
-    manifest = catalog.resolve(record.artifact.name)
-    where = location(catalog, manifest)
+    manifest, where = resolve_artifact(record.artifact.name, url)
     assert where.path is None and where.uri.startswith(f"{url}/artifacts/")
-    dest = materialize(catalog, manifest, tmp_path / "model")
+    dest = materialize(manifest, tmp_path / "model", store=url)
     assert {p: (dest / p).read_bytes() for p in model.files} == model.files
 
 

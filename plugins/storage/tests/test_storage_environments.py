@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from preheat_testing import servers
 
 from preheat_storage.errors import AccessDenied
 from preheat_storage.store import ObstoreStore
+from preheat_testing import servers
 
 
 def _use(server, monkeypatch, *drop):

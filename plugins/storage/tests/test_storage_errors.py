@@ -6,8 +6,8 @@ import base64
 import time
 
 import pytest
-from preheat.errors import PreheatError
 
+from preheat.api import PreheatError
 from preheat_storage.errors import (
     AccessDenied,
     BucketNotFound,

@@ -6,23 +6,15 @@ import importlib.metadata
 import subprocess
 import sys
 
-import pluggy
-from preheat import hookspecs
-
 from preheat_storage import plugin
 from preheat_storage.store import ObstoreStore
+from preheat_testing.core import registered
 
 
 def test_registers_every_scheme():
-    pm = pluggy.PluginManager("preheat")
-    pm.add_hookspecs(hookspecs)
-    pm.register(plugin, name="storage")
-    registered = {}
-    pm.hook.preheat_register_stores(
-        register=lambda scheme, factory: registered.setdefault(scheme, factory)
-    )
-    assert set(registered) == {"s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory"}
-    store = registered["memory"]("memory://plugin-test/p")
+    stores = registered("stores", plugin, "storage")
+    assert set(stores) == {"s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory"}
+    store = stores["memory"]("memory://plugin-test/p")
     assert isinstance(store, ObstoreStore) and store.url == "memory://plugin-test/p"
 
 

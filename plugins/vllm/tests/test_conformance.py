@@ -27,7 +27,6 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 from preheat_testing import models
+from preheat_testing.cli import run_cli
 from preheat_testing.hub import HubServer
 
 pytestmark = pytest.mark.conformance
@@ -43,7 +43,6 @@ pytestmark = pytest.mark.conformance
 PYTHON_ENV = "PREHEAT_VLLM_PYTHON"
 REQUIRE_ENV = "PREHEAT_REQUIRE_CONFORMANCE"
 ROUNDTRIP = Path(__file__).resolve().parents[1] / "conformance" / "roundtrip.py"
-PREHEAT_BIN = str(Path(sys.executable).with_name("preheat"))
 DEFAULT_PATTERN = "model-rank-{rank}-part-{part}.safetensors"
 PROMPT = (1, 5, 9, 23, 7)
 MAX_TOKENS = 16
@@ -207,14 +206,7 @@ def preheat_env(root: Path, hub: HubServer) -> dict[str, str]:
 
 
 def preheat(env: dict[str, str], cwd: Path, *args: str) -> dict:
-    done = subprocess.run(
-        [PREHEAT_BIN, *args, "--json"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_cli([*args, "--json"], env=env, cwd=cwd, timeout=300)
     assert done.returncode == 0, (
         f"preheat {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     )
