@@ -1,6 +1,6 @@
 """Load a preheat-sharded artifact in a real engine on a CUDA GPU and compare greedy tokens.
 
-Used by `scripts/gpu_check_vllm.py` and `scripts/gpu_check_sglang.py`, for a machine
+Used by `scripts/gpu_check.py --engine vllm|sglang`, for a machine
 with a CUDA GPU and the engine installed beside preheat, its plugins and preheat-testing:
 
 1. a model directory (or a generated tiny model) is served by a loopback `HubServer`;
@@ -230,7 +230,7 @@ def generate(
 
 def parse(engine: Engine, argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog=f"gpu_check_{engine.name}.py",
+        prog=f"gpu_check.py --engine {engine.name}",
         description=f"Shard a model at tp=1 with preheat, load it in {engine.name} with "
         "load_format=sharded_state on a CUDA GPU, and compare greedy tokens with the "
         "unsharded model. Exit 0 if equal, 1 if not (or on failure), 2 if the engine, "
@@ -265,7 +265,7 @@ def main(engine_name: str, argv: list[str] | None = None) -> int:
         verdict["status"] = status
         if message:
             verdict["message"] = message
-            log(f"gpu_check_{engine.name}: {message}")
+            log(f"gpu_check ({engine.name}): {message}")
         print(json.dumps(verdict), flush=True)
         return code
 
@@ -317,7 +317,7 @@ def main(engine_name: str, argv: list[str] | None = None) -> int:
         )
 
 
-def script_main(engine_name: str) -> int:
-    """Entry point of the scripts; `os.environ` is left as is for the engine."""
+def script_main(engine_name: str, argv: list[str] | None = None) -> int:
+    """Entry point of `scripts/gpu_check.py`; `os.environ` is left as is for the engine."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return main(engine_name)
+    return main(engine_name, argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from preheat.errors import PreheatError
+from preheat.api import PreheatError
 from preheat_tp import args as v
 
 

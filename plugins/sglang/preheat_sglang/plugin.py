@@ -1,35 +1,22 @@
-"""Registration of the SGLang sharder and resolver (imports stay light until used)."""
+"""The SGLang plugin: the shared tensor-parallel sharder with SGLang's layout, and SGLang's resolver.
+
+Registration imports only the args class; the layout, the resolver, SGLang's
+save routine and numpy load when a factory is called.
+"""
 
 from __future__ import annotations
 
-from preheat.hookspecs import hookimpl
 from preheat_sglang.args import SGLangShardArgs
+from preheat_tp.engine_plugin import TensorParallelEngine
 
-
-def make_sharder():
-    """The SGLang sharder: CPU slicing, or SGLang's own save routine with `method: engine`."""
-    from preheat_sglang.sharding import LAYOUT, SGLANG
-    from preheat_tp.sharder import TensorParallelSharder, TPJob
-
-    def to_job(args) -> TPJob:
-        return TPJob.from_args(args, tp=args.tp, extra=("context_length",))
-
-    return TensorParallelSharder(
-        LAYOUT, to_job, engine_runner=SGLANG.run, engine_problem=SGLANG.problem
-    )
-
-
-def make_resolver():
-    from preheat_sglang.resolver import SGLangResolver
-
-    return SGLangResolver()
-
-
-@hookimpl
-def preheat_register_sharders(register):
-    register("sglang", make_sharder, args_class=SGLangShardArgs)
-
-
-@hookimpl
-def preheat_register_resolvers(register):
-    register("sglang", make_resolver)
+PLUGIN = TensorParallelEngine(
+    engine="sglang",
+    args_class=SGLangShardArgs,
+    layout="preheat_sglang.sharding:LAYOUT",
+    resolver="preheat_sglang.resolver:SGLangResolver",
+    engine_process="preheat_sglang.sharding:SGLANG",
+    tp_field="tp",
+    extra_fields=("context_length",),
+)
+preheat_register_sharders = PLUGIN.preheat_register_sharders
+preheat_register_resolvers = PLUGIN.preheat_register_resolvers

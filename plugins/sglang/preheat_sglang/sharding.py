@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from preheat_sglang import layout
 from preheat_tp.engine import EngineProcess
-from preheat_tp.sharder import EngineLayout
+from preheat_tp.layout import EngineLayout
 
 
 def _problems(config, paths) -> list[str]:

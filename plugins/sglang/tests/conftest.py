@@ -12,9 +12,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
-# shard requests made through `preheat prefetch ... --shard-config FILE --wait --json` (a subprocess)
-VIA_CLI = {("qwen3_tied_kv2", 4), ("llama_multipart", 2), ("llama_tp3_vocab1000", 3)}
-
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
@@ -31,12 +28,4 @@ def shard(world):
     """`shard(case, tp, repo_prefix="tiny", seed=0, **args)`: the case pre-sharded for SGLang (cached)."""
     from preheat_testing.sharding import SGLANG, shard_getter
 
-    return shard_getter(world, SGLANG, VIA_CLI)
-
-
-@pytest.fixture(scope="session")
-def vllm_shard(world):
-    """The same for vLLM, in the same store (for the comparisons between the engines' files)."""
-    from preheat_testing.sharding import VLLM, shard_getter
-
-    return shard_getter(world, VLLM)
+    return shard_getter(world, SGLANG)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from preheat.errors import PreheatError
-from preheat.resolve import Location, engine_launch
+from preheat.api import Location, PreheatError
+from preheat_testing.core import engine_launch
 
 SERVER = ["python", "-m", "sglang.launch_server"]
 

@@ -1,6 +1,8 @@
 """Tensor-parallel slicing of Llama, Mistral, Qwen2 and Qwen3 checkpoints, with numpy.
 
-Names are imported lazily so that plugins registering with preheat stay cheap to import.
+An engine plugin built on it is a declaration (`TensorParallelEngine`: an
+`EngineLayout`, an args class, a resolver). Names are imported lazily so that
+plugins registering with preheat stay cheap to import.
 """
 
 from __future__ import annotations
@@ -8,11 +10,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "Buffer": "layout",
+    "EngineLayout": "layout",
+    "EngineProcess": "engine",
     "FAMILIES": "shape",
     "ModelShape": "shape",
     "OutputTensor": "plan",
     "PlanError": "plan",
     "Slice": "plan",
+    "TPJob": "layout",
+    "TensorParallelEngine": "engine_plugin",
+    "TensorParallelSharder": "sharder",
     "UnsupportedModel": "shape",
     "Zeros": "plan",
     "bf16_to_float32": "dtypes",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from preheat.errors import PreheatError
-from preheat.resources import parse_quantity
+from preheat.api import PreheatError, parse_quantity
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 METHODS = ("auto", "cpu", "engine")

@@ -1,4 +1,9 @@
-"""The engine-backed shard path: an engine's own save routine, run in a subprocess on GPUs."""
+"""The engine-backed shard path: an engine's own save routine, run in a subprocess on GPUs.
+
+`EngineProcess` says how to run one engine's save routine and whether it can
+run here; `shard_with_engine` runs it on a local copy of the stored artifact
+and stores the rank files it wrote.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from preheat.errors import PreheatError
+from preheat.api import FileEntry, PreheatError, SourceArtifact, materialize
 
-from .sharder import TPJob
+from .layout import EngineRunner, TPJob
 
 PROBE = "import json, torch, {module} as m; print(json.dumps([m.__version__, torch.cuda.device_count()]))"
 
@@ -77,3 +85,30 @@ class EngineProcess:
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise PreheatError(f"{self.module}'s own save routine failed: {tail[0]}")
+
+
+def shard_with_engine(
+    runner: EngineRunner,
+    source: SourceArtifact,
+    job: TPJob,
+    write: Callable[[str, Any], FileEntry],
+    progress: Callable[[int], None],
+) -> list[FileEntry]:
+    """Run `runner` on the artifact (copied to a local directory when its store is remote); store its rank files."""
+    with tempfile.TemporaryDirectory(prefix="preheat-engine-") as tmp:
+        local = source.local_path("config.json")
+        if local is None:
+            src_dir = materialize(source.manifest, os.path.join(tmp, "src"), store=source.store)
+        else:
+            src_dir = local.parent
+        out_dir = os.path.join(tmp, "out")
+        os.makedirs(out_dir)
+        runner(str(src_dir), out_dir, job)
+        files = []
+        for name in sorted(os.listdir(out_dir)):
+            if name.endswith(".safetensors"):
+                path = os.path.join(out_dir, name)
+                with open(path, "rb") as f:
+                    files.append(write(name, iter(lambda f=f: f.read(8 << 20), b"")))
+                progress(os.path.getsize(path))
+        return files

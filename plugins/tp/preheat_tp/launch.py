@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from preheat.errors import PreheatError
-from preheat.models import Manifest, ShardSpec
+from preheat.api import Manifest, PreheatError, ShardSpec
 
 
 def checked_shard(

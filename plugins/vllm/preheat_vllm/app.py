@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from preheat.api import Launch, resolve_artifact
 from preheat.app import RunOutput
-from preheat.catalog import Catalog
-from preheat.config import open_store
-from preheat.resolve import Launch, engine_launch, location
 
 
 @attrs.define
@@ -21,20 +19,15 @@ class VLLMAppEnvironment:
     extra_args: tuple[str, ...] = ()
 
     def launch(self) -> Launch:
-        """The resolver's launch arguments for the artifact, checked against the requested tp."""
-        if isinstance(self.model, RunOutput):
-            from preheat.runs import Run
+        """The resolver's launch arguments for the artifact, checked against the requested tp.
 
-            output = Run(self.model.run_name, self.model.store or self.store).outputs()[
-                self.model.index
-            ]
-            ref, store = str(output.artifact), self.model.store or self.store
-        else:
-            ref, store = self.model, self.store
-        catalog = Catalog(open_store(store))
-        manifest = catalog.resolve(ref)
-        return engine_launch(
-            "vllm", manifest, location(catalog, manifest), self.tensor_parallel_size
+        A `RunOutput` naming its own store is read from that store, else from `store`.
+        """
+        from preheat_vllm.resolver import VLLMResolver
+
+        manifest, where = resolve_artifact(self.model, self.store)
+        return VLLMResolver().launch(
+            manifest, where, tensor_parallel_size=self.tensor_parallel_size
         )
 
     def command(self) -> list[str]:

@@ -5,8 +5,8 @@ See VLLM_FORMAT.md for the source lines these facts come from.
 
 from __future__ import annotations
 
+from preheat_tp.layout import Buffer, EngineLayout
 from preheat_tp.plan import LM_HEAD
-from preheat_tp.sharder import Buffer, EngineLayout
 
 # the attention scales are persistent buffers since 0.14; verified against 0.32.0
 ENGINE_VERSIONS = ">=0.14,<0.33"

@@ -1,36 +1,22 @@
-"""Registration of the vLLM sharder and resolver (imports stay light until used)."""
+"""The vLLM plugin: the shared tensor-parallel sharder with vLLM's layout, and vLLM's resolver.
+
+Registration imports only the args class; the layout, the resolver, vLLM's
+save routine and numpy load when a factory is called.
+"""
 
 from __future__ import annotations
 
-from preheat.hookspecs import hookimpl
+from preheat_tp.engine_plugin import TensorParallelEngine
 from preheat_vllm.args import VLLMShardArgs
 
-
-def make_sharder():
-    """The vLLM sharder: CPU slicing, or vLLM's own save routine with `method: engine`."""
-    from preheat_tp.sharder import TensorParallelSharder, TPJob
-    from preheat_vllm.engine import VLLM
-    from preheat_vllm.layout import LAYOUT
-
-    def to_job(args) -> TPJob:
-        return TPJob.from_args(args, tp=args.tensor_parallel_size, extra=("max_model_len",))
-
-    return TensorParallelSharder(
-        LAYOUT, to_job, engine_runner=VLLM.run, engine_problem=VLLM.problem
-    )
-
-
-def make_resolver():
-    from preheat_vllm.resolver import VLLMResolver
-
-    return VLLMResolver()
-
-
-@hookimpl
-def preheat_register_sharders(register):
-    register("vllm", make_sharder, args_class=VLLMShardArgs)
-
-
-@hookimpl
-def preheat_register_resolvers(register):
-    register("vllm", make_resolver)
+PLUGIN = TensorParallelEngine(
+    engine="vllm",
+    args_class=VLLMShardArgs,
+    layout="preheat_vllm.layout:LAYOUT",
+    resolver="preheat_vllm.resolver:VLLMResolver",
+    engine_process="preheat_vllm.engine:VLLM",
+    tp_field="tensor_parallel_size",
+    extra_fields=("max_model_len",),
+)
+preheat_register_sharders = PLUGIN.preheat_register_sharders
+preheat_register_resolvers = PLUGIN.preheat_register_resolvers

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from preheat.errors import PreheatError
-from preheat.models import Manifest
-from preheat.resolve import Launch, Location, Resolver
+from preheat.api import Launch, Location, Manifest, PreheatError, Resolver
 from preheat_tp.launch import checked_shard
 
 STREAMABLE = ("s3://", "gs://")

@@ -12,9 +12,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
-# requests that go through `preheat prefetch ... --shard-config FILE --wait --json` as a subprocess
-VIA_CLI = {("llama_tied_mqa", 2), ("mistral_subfolders_fp32", 4)}
-
 
 def pytest_configure(config):
     config.addinivalue_line(
@@ -37,4 +34,4 @@ def shard(world):
     """`shard(case, tp, repo_prefix="tiny", seed=0, **args)`: the case pre-sharded for vLLM (cached)."""
     from preheat_testing.sharding import VLLM, shard_getter
 
-    return shard_getter(world, VLLM, VIA_CLI)
+    return shard_getter(world, VLLM)

@@ -8,8 +8,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from preheat.errors import PreheatError
-from preheat.resolve import Location, engine_launch
+from preheat.api import Location, PreheatError
+from preheat_testing.core import engine_launch
 
 S3_ENV = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "us-east-1"}
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from preheat.resolve import Location, engine_launch
+from preheat.api import Location
 from preheat_sglang import layout
+from preheat_testing.core import engine_launch
 from preheat_testing.sharding import (
     SGLANG,
     VLLM,
@@ -21,6 +22,33 @@ from preheat_testing.sharding import (
     n_weight_files,
     rank_tensors,
 )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One hub and one store for both engines."""
+    from preheat_testing.hub import HubServer
+    from preheat_testing.sharding import World
+
+    with HubServer() as hub:
+        yield World(tmp_path_factory.mktemp("engines-apart"), hub)
+
+
+@pytest.fixture(scope="module")
+def shard(world):
+    """`shard(case, tp, ...)`: the case pre-sharded for SGLang (cached)."""
+    from preheat_testing.sharding import shard_getter
+
+    return shard_getter(world, SGLANG)
+
+
+@pytest.fixture(scope="module")
+def vllm_shard(world):
+    """The same for vLLM, in the same store."""
+    from preheat_testing.sharding import shard_getter
+
+    return shard_getter(world, VLLM)
+
 
 SCALES = {f"self_attn.attn._{s}_scale" for s in ("k", "v", "q", "prob")}
 
