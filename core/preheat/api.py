@@ -24,6 +24,7 @@ from preheat.errors import Cancelled, NotFound, PreconditionFailed, PreheatError
 from preheat.execute import Executor
 from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, check_path
 from preheat.hookspecs import hookimpl
+from preheat.metadata import SafetensorsHeader, TensorInfo
 from preheat.models import (
     ArtifactRef,
     FileEntry,
@@ -79,9 +80,11 @@ __all__ = [
     "PrefetchRequest",
     "Resources",
     "RunRecord",
+    "SafetensorsHeader",
     "ServingFacts",
     "ShardSpec",
     "Source",
+    "TensorInfo",
     # errors
     "Cancelled",
     "IntegrityError",

@@ -1,9 +1,11 @@
 """The fetcher interface: list a model repository at one commit and stream its files.
 
-Fetcher plugins register a factory through `preheat_register_fetchers`; the
-pipeline calls `snapshot` once (which validates the request and pins the
-commit), reads small files and byte ranges for validation, then streams each
-selected file into a store writer with `download`.
+Fetcher plugins register a factory through `preheat_register_fetchers` (a Fetcher
+subclass is the natural one); before any run exists the submitting process checks the
+request with the factory's `check_repo` and `default_artifact_name`. The pipeline then
+calls `snapshot` once (which validates the request and pins the commit), reads small
+files and byte ranges for validation, then streams each selected file into a store
+writer with `download`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
+from preheat import names
 from preheat.errors import PreheatError
 from preheat.models import Source
 from preheat.store import ObjectWriter
@@ -80,6 +83,50 @@ class Fetcher(abc.ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+    # Checks of a request, made before any fetcher exists. They are static so that the
+    # registered factory can answer them: register the Fetcher subclass itself
+    # (`register("fs", FsFetcher)`, constructed as `FsFetcher(token_key=...)`) and override them.
+
+    @staticmethod
+    def check_repo(repo: str) -> str:
+        """Validate a repository reference as the user typed it.
+
+        Called in the submitting process (the CLI or the Python API) before any run
+        exists; it must not touch the network or the store.
+
+        :param repo: the reference given to `--source NAME REPO` / `model(repo, source=NAME)`.
+        :return: the reference to fetch (`repo` itself, or a normalized form of it).
+        :raises PreheatError: to refuse it, with a one-line message that says what to
+            type instead.
+
+        The default accepts any non-empty string without control characters.
+        """
+        if not isinstance(repo, str) or not repo.strip():
+            raise PreheatError("give a repository to fetch: the repository reference is empty")
+        if any(ord(c) < 32 or ord(c) == 127 for c in repo):
+            raise PreheatError(
+                f"invalid repository reference {repo!r}: it holds control characters; "
+                "type it without tabs or newlines"
+            )
+        return repo
+
+    @staticmethod
+    def default_artifact_name(repo: str) -> str:
+        """The artifact name a request publishes under when it gives none.
+
+        Called in the submitting process after `check_repo`, before any run exists; it
+        must not touch the network or the store. A name that is not a valid artifact name
+        is refused with a message asking for `--artifact-name`.
+
+        :param repo: the reference `check_repo` returned.
+        :return: the default artifact name.
+
+        The default is `preheat.names.default_artifact_name` of the last `/`-separated part
+        of `repo` (trailing slashes ignored): lowercased, every character outside
+        `[a-z0-9_-]` replaced by `-`.
+        """
+        return names.default_artifact_name(repo.rstrip("/").rsplit("/", 1)[-1])
 
 
 def check_path(path: str) -> str:

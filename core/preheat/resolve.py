@@ -21,7 +21,13 @@ from preheat.plugins import get_registry
 
 @attrs.frozen
 class Launch:
-    """How to start an engine on an artifact: its launch command prefix, arguments and environment."""
+    """How to start an engine on an artifact.
+
+    `command` is the launch command prefix (e.g. `python -m ...` with the
+    model), `args` the engine arguments after it, `env` the variables the
+    engine needs (never secrets), `model` what the engine loads (a local
+    directory or a store URI).
+    """
 
     args: tuple[str, ...] = ()
     env: dict[str, str] = attrs.Factory(dict)
@@ -35,7 +41,7 @@ class Launch:
 
 @attrs.frozen
 class Location:
-    """Where an artifact can be read: a local directory, or a store URI to stream from."""
+    """Where an artifact can be read: its store URI, a local directory (`path`, None when remote), and the environment a streaming loader needs to read `uri`."""
 
     uri: str
     path: str | None
@@ -43,13 +49,27 @@ class Location:
 
 
 class Resolver(abc.ABC):
-    """Turns a manifest and its location into an engine's launch arguments."""
+    """Turns a manifest and its location into an engine's launch arguments.
+
+    Made by the registered factory wherever an artifact is resolved (the
+    CLI's `resolve`, serving code); it must not touch the store.
+    """
 
     @abc.abstractmethod
     def launch(
         self, manifest: Manifest, location: Location, *, tensor_parallel_size: int | None = None
     ) -> Launch:
-        """The engine arguments for `manifest` at `location`; refuse a mismatched tensor-parallel size."""
+        """The engine command, arguments and environment for `manifest` at `location`.
+
+        :param manifest: the published artifact; `manifest.shard` is None
+            for an unsharded one.
+        :param location: where it is; `location.path` is None for a remote
+            store (stream `location.uri`, or refuse).
+        :param tensor_parallel_size: the size the user asked for, if any.
+        :raises PreheatError: the artifact cannot serve this way (sharded
+            for another engine or another tensor-parallel size, a store the
+            engine cannot stream from), with what to do instead.
+        """
 
 
 def location(catalog: Catalog, manifest: Manifest) -> Location:
@@ -111,6 +131,6 @@ def engine_launch(
     if reg is None:
         known = ", ".join(get_registry().names("resolvers")) or "none installed"
         raise PreheatError(
-            f"no resolver for engine {engine!r} (available: {known}); install preheat-{engine}"
+            f"no resolver for engine {engine!r} (available: {known}): pip install preheat-{engine}"
         )
     return reg.value().launch(manifest, where, tensor_parallel_size=tensor_parallel_size)

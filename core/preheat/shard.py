@@ -25,7 +25,13 @@ from preheat.store import Store
 
 @attrs.frozen
 class ModelView:
-    """What a sharder may look at before download: config, file list and safetensors headers."""
+    """What a sharder may look at before download: config, file list and safetensors headers.
+
+    `config` is config.json parsed (empty when the repository has none),
+    `files` the selected files (sha256 empty where the source gives none),
+    `headers` each safetensors file's parsed header by path, `serving` the
+    facts derived from both.
+    """
 
     config: dict[str, Any]
     files: tuple[FileEntry, ...]
@@ -35,7 +41,13 @@ class ModelView:
 
 @attrs.frozen
 class ShardPlan:
-    """A validated shard job: what the manifest will record and how big the output is."""
+    """A validated shard job: what the manifest will record and how big the output is.
+
+    `spec` goes into the manifest as is; `output_bytes` (every file the
+    shard writes) is checked against the store's free space before any
+    download; `weight_bytes_per_rank` feeds the serving facts; `data` is the
+    sharder's own, handed back to `Sharder.shard` untouched (same process).
+    """
 
     spec: ShardSpec
     output_bytes: int
@@ -44,7 +56,11 @@ class ShardPlan:
 
 
 class SourceArtifact:
-    """Read access to a stored, verified artifact (the input of a shard job)."""
+    """Read access to a stored, verified artifact (the input of a shard job).
+
+    Paths are the artifact's file paths as listed in `manifest.files`. Every
+    method may be called from several threads.
+    """
 
     def __init__(self, store: Store, prefix: str, manifest: Manifest) -> None:
         self.store = store
@@ -53,24 +69,30 @@ class SourceArtifact:
         self._headers: dict[str, SafetensorsHeader] | None = None
 
     def key(self, path: str) -> str:
+        """The store key of the artifact file `path`."""
         return self.prefix + path
 
     def read(self, path: str) -> bytes:
+        """A whole (small) file; PreheatError when it is missing."""
         found = self.store.read(self.key(path))
         if found is None:
             raise PreheatError(f"{path} is missing from {self.manifest.ref}")
         return found[0]
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
+        """`length` bytes of `path` from `start` (fewer only at the end)."""
         return self.store.read_range(self.key(path), start, length)
 
     def read_ranges(self, path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Several (start, length) ranges of `path`, in order, fetched concurrently where the store can."""
         return self.store.read_ranges(self.key(path), ranges)
 
     def local_path(self, path: str) -> Path | None:
+        """A local file to read `path` from directly (mmap, pread), or None for a remote store."""
         return self.store.local_path(self.key(path))
 
     def config(self) -> dict[str, Any]:
+        """config.json, parsed."""
         return json.loads(self.read("config.json"))
 
     def headers(self) -> dict[str, SafetensorsHeader]:
@@ -87,11 +109,27 @@ class SourceArtifact:
 
 
 class Sharder(abc.ABC):
-    """Pre-shards a stored model for one engine's tensor-parallel loader."""
+    """Pre-shards a stored model for one engine's tensor-parallel loader.
+
+    A new sharder is made per run by the registered factory, in the process
+    that runs the pipeline; `plan` and `shard` are called once each, on the
+    pipeline's thread, `shard` only after `plan` succeeded and the unsharded
+    artifact is stored and verified.
+    """
 
     @abc.abstractmethod
     def plan(self, model: ModelView, args: Any, resources: Resources) -> ShardPlan:
-        """Validate everything that can be checked before download; raise PreheatError to refuse."""
+        """Validate everything that can be checked before download and size the output.
+
+        :param model: config, file list and safetensors headers, read by
+            range before any weight byte is fetched.
+        :param args: the validated instance of the engine's args class.
+        :param resources: the run's requests (e.g. `accelerator` to check
+            that weights per GPU fit).
+        :returns: the plan; its `spec` goes into the manifest.
+        :raises PreheatError: to refuse, with a one-line message saying what
+            to change; nothing has been downloaded yet.
+        """
 
     @abc.abstractmethod
     def shard(
@@ -101,4 +139,18 @@ class Sharder(abc.ABC):
         write: Callable[[str, Any], FileEntry],
         progress: Callable[[int], None],
     ) -> list[FileEntry]:
-        """Write the sharded files with `write(path, chunks)` (an iterable of bytes); return their entries."""
+        """Write every file of the sharded artifact.
+
+        :param plan: what `plan` returned.
+        :param source: the stored, verified unsharded artifact.
+        :param write: ``write(path, chunks)`` streams an iterable of bytes
+            into the new version under `path`, hashing as it goes, and
+            returns its `FileEntry`; callable from several threads, one file
+            per call.
+        :param progress: ``progress(n)`` after `n` more output bytes; it
+            raises `Cancelled` once the run was cancelled (let it propagate).
+        :returns: the entries `write` returned, one per file (config and
+            tokenizer files included: copy those the engine needs).
+        :raises PreheatError: the shard failed; the version stays invisible
+            and a rerun starts it again.
+        """

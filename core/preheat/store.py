@@ -1,9 +1,14 @@
 """The store interface: where artifacts, manifests and run records live.
 
 A store is an object store rooted at one URL. Keys are relative, `/`-separated
-paths under that root. Every method is safe to call from several threads.
-Store plugins subclass `Store` and register a factory per URL scheme through
-the `preheat_register_stores` hook.
+paths under that root. Every method may be called from several threads at
+once (the pipeline downloads on a pool of threads) and from several
+processes and machines sharing the store; conditional writes (`put` with
+`if_absent` / `if_match`) are how they coordinate. Store plugins subclass
+`Store` and register a factory per URL scheme through the
+`preheat_register_stores` hook. Raise `PreheatError` (or `NotFound`,
+`PreconditionFailed`) with a one-line message; any other exception is shown
+to the user as an internal error.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import attrs
 
 @attrs.frozen
 class ObjectInfo:
-    """What a store knows about one object without reading it."""
+    """What a store knows about one object without reading it: key, size and an etag (any change-detecting token)."""
 
     key: str
     size: int
@@ -27,9 +32,10 @@ class ObjectInfo:
 class ObjectWriter(abc.ABC):
     """A streaming write of one object; the object becomes visible only on `commit`.
 
-    `offset` is the number of bytes a resumable writer already holds from an
-    earlier, interrupted write of the same key (0 otherwise); `existing()`
-    yields those bytes so the caller can re-hash them before appending.
+    One writer is used by one thread. `offset` is the number of bytes a
+    resumable writer already holds from an earlier, interrupted write of the
+    same key (0 otherwise); `existing()` yields those bytes so the caller
+    can re-hash them before appending.
     """
 
     offset: int = 0
@@ -42,17 +48,24 @@ class ObjectWriter(abc.ABC):
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes; may buffer or upload a part.
 
-        Callers reuse `data`'s buffer once this returns: an implementation
-        that keeps the bytes (to upload later) must copy them.
+        :param data: the next bytes. Callers reuse `data`'s buffer once this
+            returns: an implementation that keeps the bytes (to upload
+            later) must copy them.
+        :raises PreheatError: the store refused the write (the caller then
+            calls `abort`).
         """
 
     @abc.abstractmethod
     def commit(self) -> ObjectInfo:
-        """Make the object visible under its key, replacing any older one."""
+        """Make the object visible under its key, replacing any older one.
+
+        :returns: the committed object's info (its etag is journaled to
+            detect later changes).
+        """
 
     @abc.abstractmethod
     def abort(self) -> None:
-        """Drop what was written; leave no visible object (keeps resumable bytes)."""
+        """Drop what was written; leave no visible object (keeps resumable bytes). Must not raise."""
 
     def discard(self) -> None:
         """Abort and also drop any resumable bytes (they are known to be bad)."""
@@ -76,7 +89,11 @@ class Store(abc.ABC):
         """The full URI of `key` (what a streaming loader would read)."""
 
     def local_path(self, key: str) -> Path | None:
-        """A local filesystem path for `key` when the store is local, else None."""
+        """A local filesystem path for `key` when the store is local, else None.
+
+        A non-None answer lets the pipeline check free disk space and lets
+        engines load artifacts in place.
+        """
         return None
 
     @abc.abstractmethod
@@ -85,19 +102,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def read(self, key: str) -> tuple[bytes, str | None] | None:
-        """The whole object and its etag, or None when it does not exist."""
+        """The whole object and its etag, or None when it does not exist (small objects only)."""
 
     @abc.abstractmethod
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """`length` bytes of `key` from `start` (fewer only at the end)."""
+        """`length` bytes of `key` from `start` (fewer only at the end).
+
+        :raises NotFound: `key` does not exist.
+        """
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Several (start, length) ranges of `key`; stores may fetch them concurrently."""
+        """Several (start, length) ranges of `key`, in order; stores may fetch them concurrently."""
         return [self.read_range(key, start, length) for start, length in ranges]
 
     @abc.abstractmethod
     def open_reader(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
-        """Stream `key` in chunks of about `chunk_size` bytes."""
+        """Stream `key` in chunks of about `chunk_size` bytes.
+
+        :raises NotFound: `key` does not exist.
+        """
 
     @abc.abstractmethod
     def put(
@@ -108,10 +131,12 @@ class Store(abc.ABC):
         if_absent: bool = False,
         if_match: str | None = None,
     ) -> ObjectInfo:
-        """Write a small object at once.
+        """Write a small object at once (records, manifests, leases).
 
-        With `if_absent`, fail with PreconditionFailed if `key` exists; with
-        `if_match`, fail unless the current etag equals it (compare-and-swap).
+        :param if_absent: fail with PreconditionFailed if `key` exists.
+        :param if_match: fail with PreconditionFailed unless the current
+            etag equals it (compare-and-swap, used for aliases and leases).
+        :returns: the written object's info, with its new etag.
         """
 
     @abc.abstractmethod
@@ -120,7 +145,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix` (recursive)."""
+        """Every object whose key starts with `prefix` (recursive); in-progress writes are not listed."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -136,7 +161,12 @@ class Store(abc.ABC):
     can_rename = False
 
     def rename_prefix(self, src: str, dst: str) -> None:
-        """Move every object under `src` to `dst` at once (stores with `can_rename` only); replaces `dst`."""
+        """Move every object under `src` to `dst` at once (stores with `can_rename` only); replaces `dst`.
+
+        Stores that can rename a folder atomically publish a staged version
+        in one step; the others write final keys, invisible until the
+        manifest exists.
+        """
         raise NotImplementedError
 
     def free_bytes(self) -> int | None:
@@ -144,7 +174,7 @@ class Store(abc.ABC):
         return None
 
     def streaming_env(self) -> dict[str, str]:
-        """Environment a streaming loader needs to read this store (never secrets)."""
+        """Environment a streaming loader needs to read this store (endpoints, regions; never secrets)."""
         return {}
 
     def gc(self) -> int:

@@ -13,6 +13,7 @@ from preheat.errors import NotFound, PreheatError
 from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, check_path
 from preheat.hookspecs import hookimpl
 from preheat.models import Source
+from preheat.names import validate_repo_id
 from preheat.redact import register_secret
 from preheat.store import ObjectWriter
 
@@ -39,9 +40,26 @@ def offline() -> bool:
 
 
 class HfFetcher(Fetcher):
-    """Lists and streams Hub repositories; every request is pinned to the resolved commit."""
+    """Lists and streams Hub repositories; every request is pinned to the resolved commit.
 
-    def __init__(self, token: str | None = None, token_name: str = "HF_TOKEN") -> None:
+    Registered as the `hf` fetcher factory itself: the pipeline builds it as
+    `HfFetcher(token_key=KEY)`, which reads the token from the secret named KEY
+    (see `find_token`); `HfFetcher(token=..., token_name=...)` takes a token as is.
+    """
+
+    check_repo = staticmethod(validate_repo_id)
+
+    def __init__(
+        self,
+        token: str | None = None,
+        token_name: str = "HF_TOKEN",
+        *,
+        token_key: str | None = None,
+    ) -> None:
+        if token_key is not None:
+            token_name = token_key
+            if token is None:
+                token = find_token(token_key)
         register_secret(token)
         self._token = token
         self._token_name = token_name
@@ -312,7 +330,7 @@ def _is_transport(exc: Exception) -> bool:
 
 def make_fetcher(*, token_key: str = "HF_TOKEN") -> HfFetcher:
     """A Hub fetcher with the token from the secret named `token_key` (none is fine for public repos)."""
-    return HfFetcher(token=find_token(token_key), token_name=token_key)
+    return HfFetcher(token_key=token_key)
 
 
 def find_token(key: str) -> str | None:
@@ -334,4 +352,5 @@ def find_token(key: str) -> str | None:
 
 @hookimpl
 def preheat_register_fetchers(register):
-    register("hf", make_fetcher)
+    # the class itself, so that its `check_repo` (Hub repo ids) validates requests up front
+    register("hf", HfFetcher)

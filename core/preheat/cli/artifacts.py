@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from preheat.cli.options import Json, Store
+from preheat.cli.options import Command, Json, Store
 
 app = typer.Typer(rich_markup_mode=None, help="Browse and remove artifacts.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ def _catalog(store):
     return Catalog(open_store(store))
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_artifacts(store: Store = None, as_json: Json = False) -> None:
     """List every artifact version in the store."""
     from preheat.cli.output import human, print_json, table
@@ -56,9 +56,14 @@ def list_artifacts(store: Store = None, as_json: Json = False) -> None:
     )
 
 
-@app.command("get")
+@app.command("get", cls=Command)
 def get(
-    ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version).")],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME[:VERSION]", help="The artifact (default version: the latest)."
+        ),
+    ],
     store: Store = None,
     as_json: Json = False,
 ) -> None:
@@ -96,9 +101,11 @@ def get(
         print(f"lineage: {manifest.lineage}")
 
 
-@app.command("rm")
+@app.command("rm", cls=Command)
 def rm(
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION to delete.")],
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME:VERSION", help="The artifact version to delete.")
+    ],
     store: Store = None,
     as_json: Json = False,
 ) -> None:

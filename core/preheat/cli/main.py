@@ -8,11 +8,21 @@ import sys
 import typer
 
 from preheat.cli import artifacts, gc, plugins, prefetch, resolve, runs
+from preheat.cli.options import Command
+
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    failure, told in one `error: ...` line on stderr
+  2    usage error (unknown option, missing or bad argument)
+  130  cancelled or interrupted
+Set PREHEAT_DEBUG=1 to see the traceback of a failure."""
 
 app = typer.Typer(
     name="preheat",
     rich_markup_mode=None,
     help="Prepare large language models for serving before the server starts.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -20,9 +30,9 @@ app = typer.Typer(
 app.add_typer(prefetch.app, name="prefetch")
 app.add_typer(runs.app, name="runs")
 app.add_typer(artifacts.app, name="artifacts")
-app.command("resolve")(resolve.resolve)
-app.command("plugins")(plugins.plugins)
-app.command("gc")(gc.gc)
+app.command("resolve", cls=Command)(resolve.resolve)
+app.command("plugins", cls=Command)(plugins.plugins)
+app.command("gc", cls=Command)(gc.gc)
 
 
 def _version(value: bool) -> None:
@@ -69,10 +79,10 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.stderr.write("aborted\n")
+        sys.stderr.write("error: aborted\n")
         sys.exit(130)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write("error: interrupted\n")
         sys.exit(130)
     except Exception as exc:
         if debug:

@@ -85,3 +85,19 @@ class Bars(Progress):
 def want_bars(quiet: bool) -> bool:
     """Progress bars only for a person watching stderr."""
     return not quiet and sys.stderr.isatty()
+
+
+def fail_run(record: Any) -> None:
+    """End the command for a run that did not succeed.
+
+    Writes one `error:` line on stderr (with `--json` too: the object on stdout keeps its
+    `error` field) and exits 130 if the run was cancelled, else 1.
+    """
+    import typer
+
+    from preheat.redact import redact
+
+    error = " ".join(str(record.error or "").split())
+    reason = f": {redact(error)}" if error and error != record.status else ""
+    sys.stderr.write(f"error: run {record.name} {record.status}{reason}\n")
+    raise typer.Exit(130 if record.status == "cancelled" else 1)

@@ -1,13 +1,14 @@
-"""`preheat prefetch hf-model`."""
+"""`preheat prefetch hf-model` and `preheat prefetch model --source NAME`."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from preheat.cli.options import Json, Quiet, Store
+from preheat.cli.options import Command, Json, Quiet, Store
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -45,65 +46,152 @@ def run_summary(record, catalog) -> dict:
     return summary
 
 
-@app.command("hf-model")
+# The options of `hf-model`; `model` takes the same ones (its signature is built from
+# `hf_model`'s below), plus `--source`.
+HubRepo = Annotated[str, typer.Argument(metavar="REPO", help="Hub repo id, e.g. Qwen/Qwen3-0.6B.")]
+Revision = Annotated[
+    str | None, typer.Option(metavar="REV", help="Branch, tag or commit (default: main).")
+]
+ArtifactName = Annotated[
+    str | None,
+    typer.Option(metavar="NAME", help="Artifact name (default: from the repo name)."),
+]
+Architecture = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Override the detected architecture.")
+]
+Task = Annotated[str | None, typer.Option(metavar="TASK", help="Override the detected task.")]
+Modality = Annotated[
+    list[str] | None,
+    typer.Option(metavar="TEXT", help="Modality (repeatable; default text)."),
+]
+Format = Annotated[
+    str | None,
+    typer.Option("--format", metavar="FORMAT", help="Override the detected weight format."),
+]
+ModelType = Annotated[
+    str | None, typer.Option(metavar="TYPE", help="Override the detected model_type.")
+]
+ShortDescription = Annotated[
+    str | None, typer.Option(metavar="TEXT", help="Override the detected description.")
+]
+Force = Annotated[
+    int,
+    typer.Option(metavar="N", help="Bump to redo the work instead of reusing the artifact."),
+]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Run in the foreground and print the artifact path.")
+]
+TokenKey = Annotated[
+    str, typer.Option(metavar="KEY", help="Environment variable holding the source's token.")
+]
+Cpu = Annotated[str | None, typer.Option(metavar="CPU", help="CPU request, e.g. 4 or 500m.")]
+Mem = Annotated[str | None, typer.Option(metavar="QUANTITY", help="Memory request, e.g. 16Gi.")]
+EphemeralStorage = Annotated[
+    str | None,
+    typer.Option(metavar="QUANTITY", help="Local disk the run may use, e.g. 100Gi."),
+]
+Accelerator = Annotated[
+    str | None,
+    typer.Option(metavar="TYPE:COUNT", help="Serving accelerator, e.g. L40s:4."),
+]
+ShardConfigFile = Annotated[
+    Path | None, typer.Option(metavar="FILE", help="YAML shard config (engine + args).")
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(metavar="GLOB", help="Only files matching this glob (repeatable)."),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(metavar="GLOB", help="Skip files matching this glob (repeatable)."),
+]
+SourceRepo = Annotated[
+    str,
+    typer.Argument(
+        metavar="REPO", help="The repository, as the source names it (hf: a Hub repo id)."
+    ),
+]
+Source = Annotated[
+    str,
+    typer.Option(metavar="NAME", help="The fetcher to fetch from (`preheat plugins` lists them)."),
+]
+
+
+@app.command("hf-model", cls=Command)
 def hf_model(
-    repo: Annotated[str, typer.Argument(help="Hub repo id, e.g. Qwen/Qwen3-0.6B.")],
-    revision: Annotated[
-        str | None, typer.Option(help="Branch, tag or commit (default: main).")
-    ] = None,
-    artifact_name: Annotated[
-        str | None, typer.Option(help="Artifact name (default: from the repo name).")
-    ] = None,
-    architecture: Annotated[
-        str | None, typer.Option(help="Override the detected architecture.")
-    ] = None,
-    task: Annotated[str | None, typer.Option(help="Override the detected task.")] = None,
-    modality: Annotated[
-        list[str] | None, typer.Option(help="Modality (repeatable; default text).")
-    ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="Override the detected weight format.")
-    ] = None,
-    model_type: Annotated[
-        str | None, typer.Option(help="Override the detected model_type.")
-    ] = None,
-    short_description: Annotated[
-        str | None, typer.Option(help="Override the detected description.")
-    ] = None,
-    force: Annotated[
-        int, typer.Option(help="Bump to redo the work instead of reusing the artifact.")
-    ] = 0,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Run in the foreground and print the artifact path.")
-    ] = False,
-    hf_token_key: Annotated[
-        str, typer.Option(help="Environment variable holding the Hub token.")
-    ] = "HF_TOKEN",
-    cpu: Annotated[str | None, typer.Option(help="CPU request, e.g. 4 or 500m.")] = None,
-    mem: Annotated[str | None, typer.Option(help="Memory request, e.g. 16Gi.")] = None,
-    ephemeral_storage: Annotated[
-        str | None, typer.Option(help="Local disk the run may use, e.g. 100Gi.")
-    ] = None,
-    accelerator: Annotated[
-        str | None, typer.Option(help="Serving accelerator TYPE:COUNT, e.g. L40s:4.")
-    ] = None,
-    shard_config: Annotated[
-        Path | None, typer.Option(help="YAML shard config (engine + args).")
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
-    ] = None,
+    repo: HubRepo,
+    revision: Revision = None,
+    artifact_name: ArtifactName = None,
+    architecture: Architecture = None,
+    task: Task = None,
+    modality: Modality = None,
+    format: Format = None,
+    model_type: ModelType = None,
+    short_description: ShortDescription = None,
+    force: Force = 0,
+    wait: Wait = False,
+    hf_token_key: TokenKey = "HF_TOKEN",
+    cpu: Cpu = None,
+    mem: Mem = None,
+    ephemeral_storage: EphemeralStorage = None,
+    accelerator: Accelerator = None,
+    shard_config: ShardConfigFile = None,
+    include: Include = None,
+    exclude: Exclude = None,
     store: Store = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Prefetch a Hugging Face model repository into the store."""
-    import sys
+    prefetch(source="hf", **locals())  # locals() holds exactly the parameters here
 
-    from preheat.cli.output import Bars, note, print_json, want_bars
+
+def model(**options) -> None:
+    """Prefetch a model repository from any installed source (`preheat plugins` lists them)."""
+    prefetch(**options)
+
+
+def _model_signature() -> inspect.Signature:
+    """`hf_model`'s signature with its own REPO help and `--source NAME` after REPO."""
+    repo, *shared = inspect.signature(hf_model, eval_str=True).parameters.values()
+    source = inspect.Parameter(
+        "source", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="hf", annotation=Source
+    )
+    return inspect.Signature([repo.replace(annotation=SourceRepo), source, *shared])
+
+
+model.__signature__ = _model_signature()
+app.command("model", cls=Command)(model)
+
+
+def prefetch(
+    *,
+    source: str,
+    repo: str,
+    revision: str | None,
+    artifact_name: str | None,
+    architecture: str | None,
+    task: str | None,
+    modality: list[str] | None,
+    format: str | None,
+    model_type: str | None,
+    short_description: str | None,
+    force: int,
+    wait: bool,
+    hf_token_key: str,
+    cpu: str | None,
+    mem: str | None,
+    ephemeral_storage: str | None,
+    accelerator: str | None,
+    shard_config: Path | None,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    store: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """What `hf-model` and `model` do: submit the run, or with `wait` run it here."""
+    from preheat.cli.output import Bars, fail_run, note, print_json, want_bars
     from preheat.models import PrefetchRequest, Resources
     from preheat.runs import new_run, submit
     from preheat.shard_config import ShardRequest
@@ -130,6 +218,7 @@ def hf_model(
         resources=Resources(
             cpu=cpu, mem=mem, ephemeral_storage=ephemeral_storage, accelerator=accelerator
         ),
+        source=source,
     )
     if not wait:
         run = submit(request, store=store)
@@ -160,6 +249,4 @@ def hf_model(
         note(f"{'reused' if record.reused else 'published'} {record.artifact}", quiet)
         print(summary["artifact"]["path"])
     if record.status != "succeeded":
-        if not as_json:
-            sys.stderr.write(f"error: run {record.name} {record.status}: {record.error}\n")
-        raise typer.Exit(130 if record.status == "cancelled" else 1)
+        fail_run(record)

@@ -11,17 +11,31 @@ from preheat.cli.options import Json, Store
 
 
 def resolve(
-    ref: Annotated[str, typer.Argument(help="NAME[:VERSION] (default: the latest version).")],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="REF", help="NAME[:VERSION] of the artifact (default version: the latest)."
+        ),
+    ],
     to: Annotated[
-        Path | None, typer.Option("--to", help="Copy the artifact into this directory, verified.")
+        Path | None,
+        typer.Option(
+            "--to", metavar="DIR", help="Copy the artifact into this directory, verified."
+        ),
     ] = None,
     engine: Annotated[
-        str | None, typer.Option(help="Print this engine's launch arguments (e.g. vllm, sglang).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Print this engine's launch arguments (e.g. vllm, sglang)."
+        ),
     ] = None,
     tensor_parallel_size: Annotated[
         int | None,
         typer.Option(
-            "--tensor-parallel-size", "-tp", help="Refuse unless the artifact matches it."
+            "--tensor-parallel-size",
+            "-tp",
+            metavar="N",
+            help="Refuse unless the artifact matches it.",
         ),
     ] = None,
     store: Store = None,

@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
-from preheat.cli.options import Json, Quiet, Store
+from preheat.cli.options import Command, Json, Quiet, Store
 
 app = typer.Typer(rich_markup_mode=None, help="Follow and control runs.", no_args_is_help=True)
-RunName = Annotated[str, typer.Argument(help="Run name, as printed by `preheat prefetch`.")]
+RunName = Annotated[
+    str, typer.Argument(metavar="RUN", help="Run name, as printed by `preheat prefetch`.")
+]
 
 
 def _record_json(record) -> dict:
@@ -18,10 +20,10 @@ def _record_json(record) -> dict:
     return serde.to_dict(record)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_runs(
     store: Store = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help="Show at most this many runs.")] = 50,
     as_json: Json = False,
 ) -> None:
     """List runs, newest first."""
@@ -53,7 +55,7 @@ def list_runs(
     )
 
 
-@app.command("get")
+@app.command("get", cls=Command)
 def get(run: RunName, store: Store = None, as_json: Json = False) -> None:
     """Show one run."""
     from preheat.cli.output import print_json
@@ -69,12 +71,10 @@ def get(run: RunName, store: Store = None, as_json: Json = False) -> None:
     print(f"repo: {record.request.repo}@{record.request.revision or 'main'}")
 
 
-@app.command("wait")
+@app.command("wait", cls=Command)
 def wait(run: RunName, store: Store = None, as_json: Json = False, quiet: Quiet = False) -> None:
-    """Wait for a run to end; print its artifact path (exit 1 if it failed)."""
-    import sys
-
-    from preheat.cli.output import Bars, print_json, want_bars
+    """Wait for a run to end; print its artifact path (exit 1 if it failed, 130 if cancelled)."""
+    from preheat.cli.output import Bars, fail_run, print_json, want_bars
     from preheat.cli.prefetch import run_summary
     from preheat.runs import Run
 
@@ -101,12 +101,10 @@ def wait(run: RunName, store: Store = None, as_json: Json = False, quiet: Quiet 
     elif record.status == "succeeded":
         print(summary["artifact"]["path"])
     if record.status != "succeeded":
-        if not as_json:
-            sys.stderr.write(f"error: run {record.name} {record.status}: {record.error}\n")
-        raise typer.Exit(130 if record.status == "cancelled" else 1)
+        fail_run(record)
 
 
-@app.command("logs")
+@app.command("logs", cls=Command)
 def logs(run: RunName, store: Store = None) -> None:
     """Print a run's log."""
     import sys
@@ -116,7 +114,7 @@ def logs(run: RunName, store: Store = None) -> None:
     sys.stdout.write(Run(run, store).logs())
 
 
-@app.command("cancel")
+@app.command("cancel", cls=Command)
 def cancel(run: RunName, store: Store = None, as_json: Json = False) -> None:
     """Stop a running run cleanly."""
     from preheat.cli.output import note, print_json

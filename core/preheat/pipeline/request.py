@@ -9,9 +9,10 @@ import attrs
 
 from preheat.catalog import Catalog
 from preheat.errors import PreheatError
-from preheat.fetch import Snapshot
+from preheat.fetch import Fetcher, Snapshot
 from preheat.models import Manifest, PrefetchRequest
-from preheat.names import default_artifact_name, validate_artifact_name, validate_repo_id
+from preheat.names import validate_artifact_name
+from preheat.plugins import lookup
 from preheat.resources import validate_resources
 
 
@@ -29,9 +30,34 @@ class Prepared:
 
 
 def prepare(request: PrefetchRequest) -> Prepared:
-    """Validate a request without touching the network or the store."""
-    validate_repo_id(request.repo)
-    name = validate_artifact_name(request.artifact_name or default_artifact_name(request.repo))
+    """Validate a request without touching the network or the store.
+
+    The repository reference is checked, and the default artifact name derived, by the
+    fetcher registered for `request.source` (its factory's `check_repo` and
+    `default_artifact_name`, else `Fetcher`'s); an unknown source is refused here.
+    """
+    factory = lookup("fetchers", request.source).value
+    check_repo = getattr(factory, "check_repo", Fetcher.check_repo)
+    default_name = getattr(factory, "default_artifact_name", Fetcher.default_artifact_name)
+    repo = check_repo(request.repo)
+    if not isinstance(repo, str) or not repo:
+        raise PreheatError(
+            f"the {request.source!r} fetcher's check_repo returned {repo!r} for "
+            f"{request.repo!r}, not a repository reference: report it to the plugin's authors"
+        )
+    if repo != request.repo:
+        request = attrs.evolve(request, repo=repo)
+    if request.artifact_name:
+        name = validate_artifact_name(request.artifact_name)
+    else:
+        name = default_name(repo)
+        try:
+            validate_artifact_name(name)
+        except PreheatError:
+            raise PreheatError(
+                f"cannot name the artifact after {repo!r} (the default name {name!r} is not a "
+                "valid artifact name): pass --artifact-name NAME (artifact_name=)"
+            ) from None
     validate_resources(request.resources)
     if not isinstance(request.force, int) or request.force < 0:
         raise PreheatError(f"invalid force {request.force!r}: use a non-negative integer")
