@@ -239,3 +239,36 @@ def test_the_cli_reports_broken_plugins_in_one_line_and_keeps_working(preheat_en
     assert preheat_env.cli("runs", "list", "--json").ok().json == {"runs": []}
     text = preheat_env.cli("plugins").ok().stdout
     assert "not-attrs" in text and "twice" in text
+
+
+def test_two_distributions_declaring_one_plugin_name_is_an_error_naming_both(preheat_env, tmp_path):
+    from test_plugins import write_dist
+
+    module = {"fake_same_name": "from preheat.api import hookimpl\n"}
+    root = write_dist(tmp_path / "site", "fake-dist-one", {"samename": "fake_same_name"}, module)
+    write_dist(root, "fake-dist-two", {"samename": "fake_same_name"}, {})
+    preheat_env.set("PYTHONPATH", str(root))
+    line = preheat_env.cli("runs", "list").error_line()
+    assert "plugin name 'samename' is declared by both distribution" in line
+    assert "'fake-dist-one'" in line and "'fake-dist-two'" in line
+
+
+def test_request_cancel_leaves_the_request_the_worker_polls_for(preheat_env):
+    from preheat.api import RunRecord, request_cancel
+    from preheat.catalog import Catalog
+    from preheat.config import open_store
+    from preheat.models import PrefetchRequest
+
+    with preheat_env.applied():
+        store = preheat_env.store
+        record = RunRecord(
+            name="r20260101-000000-abcdef",
+            status="running",
+            request=PrefetchRequest(repo="org/name"),
+            created="2026-01-01T00:00:00Z",
+            store=str(store),
+        )
+        catalog = Catalog(open_store(str(store)))
+        assert catalog.store.head(catalog.cancel_key(record.name)) is None
+        request_cancel(record)
+        assert catalog.store.head(catalog.cancel_key(record.name)) is not None

@@ -103,6 +103,7 @@ __all__ = [
     "parse_cpu",
     "parse_quantity",
     "register_secret",
+    "request_cancel",
     "resolve_artifact",
     "worker_command",
 ]
@@ -181,6 +182,17 @@ def worker_command(record: RunRecord) -> list[str]:
     detached process, a cluster job); the process must see the same store.
     """
     return [sys.executable, "-m", "preheat.worker", record.store, record.name]
+
+
+def request_cancel(record: RunRecord) -> None:
+    """Ask the run of `record` to stop: the worker sees the request in the store and cancels cleanly.
+
+    Executors call it from `Executor.cancel` before (or instead of) signalling
+    the worker; it works from any machine sharing the store.
+    """
+    from preheat.catalog import Catalog
+
+    Catalog(open_store(record.store)).request_cancel(record.name)
 
 
 def execute_run(store_url: str, run: str, *, cancel: threading.Event | None = None) -> RunRecord:

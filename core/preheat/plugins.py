@@ -190,10 +190,20 @@ def make_registry(
     failures: dict[str, PluginInfo] = {}
     dists: dict[str, tuple[str, str]] = {}
     if entry_points:
+        declared: dict[str, str | None] = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
-                continue
             dist = ep.dist
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            if ep.name in declared:
+                if declared[ep.name] != dist_name:
+                    raise PluginCollision(
+                        f"plugin name {ep.name!r} is declared by both distribution "
+                        f"{declared[ep.name]!r} and distribution {dist_name!r}: uninstall one of them"
+                    )
+                continue
+            declared[ep.name] = dist_name
+            if pm.is_blocked(ep.name):
+                continue
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)

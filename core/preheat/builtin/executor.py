@@ -49,7 +49,7 @@ class LocalExecutor(Executor):
             return False
 
     def cancel(self, record: RunRecord) -> bool:
-        Catalog(open_store(record.store)).store.put(Catalog.cancel_key(record.name), b"cancel\n")
+        Catalog(open_store(record.store)).request_cancel(record.name)
         if self.alive(record):
             try:
                 os.kill(record.pid, signal.SIGTERM)
