@@ -52,19 +52,39 @@ class IntegrityError(PreheatError):
 
 
 class Fetcher(abc.ABC):
-    """Lists and streams the files of a model repository; one instance serves one run."""
+    """Lists and streams the files of a model repository; one instance serves one run.
+
+    Made by the registered factory in the process that runs the pipeline.
+    `snapshot` is called first, once, on the pipeline's thread; `read`,
+    `read_range` and `download` may then be called from several threads at
+    once (headers are read and files downloaded on thread pools). Raise
+    `PreheatError` (or `NotFound`, `SourceOffline`, `IntegrityError`) with a
+    one-line message; any other exception is reported as an internal error.
+    Never put a credential in a message: `register_secret` it.
+    """
 
     @abc.abstractmethod
     def snapshot(self, repo: str, revision: str | None) -> Snapshot:
-        """Validate the request, pin `revision` (default branch when None) to a commit, list every file."""
+        """Pin `revision` to one commit and list every file, before any weight byte moves.
+
+        :param repo: the reference `check_repo` returned.
+        :param revision: a branch, tag or commit; None means the default branch.
+        :returns: the snapshot every later call receives; each `RemoteFile`
+            carries its size and what is known to verify it (sha256, git oid).
+        :raises NotFound: no such repository or revision.
+        :raises SourceOffline: the source cannot be reached by configuration
+            (stored artifacts built from the same request are then reused).
+        :raises PreheatError: access refused, unsafe file names (use
+            `check_path`), or anything else the user must fix.
+        """
 
     @abc.abstractmethod
     def read(self, snapshot: Snapshot, path: str) -> bytes:
-        """A small file, whole (config.json, README.md)."""
+        """A small file of the snapshot, whole (config.json, README.md)."""
 
     @abc.abstractmethod
     def read_range(self, snapshot: Snapshot, path: str, start: int, length: int) -> bytes:
-        """Bytes `start`..`start+length` of a file (e.g. a safetensors header)."""
+        """Bytes `start`..`start+length` of a file (fewer only at its end), e.g. a safetensors header."""
 
     @abc.abstractmethod
     def download(
@@ -75,10 +95,18 @@ class Fetcher(abc.ABC):
         *,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> str:
-        """Stream `file` into `writer` (after the writer's `offset` bytes), verify it, return its sha256.
+        """Stream `file` into `writer`, verify it and return its sha256.
 
-        Retries transient failures, resuming by range; raises IntegrityError
-        when the bytes do not match the published digest.
+        :param writer: already holds `writer.offset` bytes of an interrupted
+            attempt (re-hash them from `writer.existing()`, then append the
+            rest); the caller commits or aborts it.
+        :param on_bytes: call with each chunk's size; it raises `Cancelled`
+            when the run is cancelled (let it propagate).
+        :returns: the sha256 of the whole file, hex.
+        :raises IntegrityError: the bytes do not match what the source
+            published (the caller discards the partial bytes).
+        :raises PreheatError: the transfer failed after retrying transient
+            failures (resume by range where the source allows it).
         """
 
     def close(self) -> None:
