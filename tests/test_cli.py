@@ -90,7 +90,7 @@ def test_every_data_command_prints_one_json_object(env, published):
     assert [a["version"] for a in outputs["artifacts list"]["artifacts"]] == [version]
     assert outputs["artifacts get"]["version"] == version and outputs["artifacts get"]["files"]
     assert outputs["resolve"]["artifact"] == {"name": NAME, "version": version}
-    assert outputs["gc"] == {"removed": 0}
+    assert outputs["gc"]["removed"] == 0 and outputs["gc"]["unreferenced"]["keys"] == []
     assert outputs["prefetch"]["reused"] is True
 
 
@@ -206,7 +206,7 @@ def test_a_failed_wait_exits_1_and_prints_the_json_summary(env):
 def test_gc_removes_leftover_partial_files(env, published):
     partials = env.store / ".partial"
     (partials / "w-leftover").write_bytes(b"half a file")
-    assert env.cli_in_process("gc", "--json").ok().json == {"removed": 1}
+    assert env.cli_in_process("gc", "--json").ok().json["removed"] == 1
     assert not list(partials.iterdir())
     assert env.catalog().resolve(NAME).version == published.artifact.version
 

@@ -83,7 +83,15 @@ def sha256(data: bytes) -> str:
 
 
 def test_wait_json_prints_exactly_the_documented_fields(published):
-    assert set(published) == {"run", "status", "reused", "artifact", "outputs"}
+    assert set(published) == {
+        "run",
+        "status",
+        "reused",
+        "artifact",
+        "outputs",
+        "bytes_fetched",
+        "bytes_reused",
+    }
     assert RUN_RE.match(published["run"])
     assert published["status"] == "succeeded"
     assert published["reused"] is False

@@ -219,7 +219,15 @@ def test_the_cli_prefetches_from_a_plugin_source_with_hf_models_json(
         "--wait", "--json",
     ).ok()  # fmt: skip
     summary = result.json
-    assert set(summary) == {"run", "status", "reused", "artifact", "outputs"}
+    assert set(summary) == {
+        "run",
+        "status",
+        "reused",
+        "artifact",
+        "outputs",
+        "bytes_fetched",
+        "bytes_reused",
+    }
     assert set(summary["artifact"]) == {"name", "version", "uri", "path"}
     assert summary["status"] == "succeeded" and summary["reused"] is False
     assert summary["artifact"]["name"] == "my.model"

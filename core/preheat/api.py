@@ -14,44 +14,107 @@ hooks, the interfaces and the lifecycle of a run.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from preheat.errors import Cancelled, NotFound, PreconditionFailed, PreheatError
-from preheat.execute import Executor
-from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, check_path
-from preheat.hookspecs import hookimpl
-from preheat.metadata import SafetensorsHeader, TensorInfo
-from preheat.models import (
-    ArtifactRef,
-    FileEntry,
-    Manifest,
-    Metadata,
-    PrefetchRequest,
-    Resources,
-    RunRecord,
-    ServingFacts,
-    ShardSpec,
-    Source,
-)
-from preheat.redact import register_secret
-from preheat.resolve import Launch, Location, Resolver
-from preheat.resources import (
-    Accelerator,
-    accelerator_info,
-    human_bytes,
-    parse_accelerator,
-    parse_cpu,
-    parse_quantity,
-)
-from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
-from preheat.store import ObjectInfo, ObjectWriter, Store
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from preheat.app import RunOutput
+    from preheat.errors import Cancelled, NotFound, PreconditionFailed, PreheatError
+    from preheat.execute import Executor
+    from preheat.fetch import (
+        Fetcher,
+        IntegrityError,
+        RemoteFile,
+        Snapshot,
+        SourceOffline,
+        check_path,
+    )
+    from preheat.hookspecs import hookimpl
+    from preheat.metadata import SafetensorsHeader, TensorInfo
+    from preheat.models import (
+        ArtifactRef,
+        FileEntry,
+        Manifest,
+        Metadata,
+        PrefetchRequest,
+        Resources,
+        RunRecord,
+        ServingFacts,
+        ShardSpec,
+        Source,
+    )
+    from preheat.redact import register_secret
+    from preheat.resolve import Launch, Location, Resolver
+    from preheat.resources import (
+        Accelerator,
+        accelerator_info,
+        human_bytes,
+        parse_accelerator,
+        parse_cpu,
+        parse_quantity,
+    )
+    from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
+    from preheat.store import ObjectInfo, ObjectWriter, Store
+
+# Where each re-exported name lives. They are imported on first use (PEP 562), so a plugin
+# that registers a store imports what a store needs and `preheat --help` stays cheap.
+_HOMES = {
+    "preheat.errors": ("Cancelled", "NotFound", "PreconditionFailed", "PreheatError"),
+    "preheat.execute": ("Executor",),
+    "preheat.fetch": (
+        "Fetcher",
+        "IntegrityError",
+        "RemoteFile",
+        "Snapshot",
+        "SourceOffline",
+        "check_path",
+    ),
+    "preheat.hookspecs": ("hookimpl",),
+    "preheat.metadata": ("SafetensorsHeader", "TensorInfo"),
+    "preheat.models": (
+        "ArtifactRef",
+        "FileEntry",
+        "Manifest",
+        "Metadata",
+        "PrefetchRequest",
+        "Resources",
+        "RunRecord",
+        "ServingFacts",
+        "ShardSpec",
+        "Source",
+    ),
+    "preheat.redact": ("register_secret",),
+    "preheat.resolve": ("Launch", "Location", "Resolver"),
+    "preheat.resources": (
+        "Accelerator",
+        "accelerator_info",
+        "human_bytes",
+        "parse_accelerator",
+        "parse_cpu",
+        "parse_quantity",
+    ),
+    "preheat.shard": ("ModelView", "Sharder", "ShardPlan", "SourceArtifact"),
+    "preheat.store": ("ObjectInfo", "ObjectWriter", "Store"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'preheat.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     # hooks
@@ -94,6 +157,7 @@ __all__ = [
     "SourceOffline",
     # helpers
     "accelerator_info",
+    "cached_artifact",
     "check_path",
     "execute_run",
     "human_bytes",
@@ -105,6 +169,7 @@ __all__ = [
     "register_secret",
     "request_cancel",
     "resolve_artifact",
+    "use_artifact",
     "worker_command",
 ]
 
@@ -123,33 +188,27 @@ def open_store(url: str | None = None) -> Store:
 
 
 def resolve_artifact(
-    ref: str | RunOutput, store: str | Store | None = None
+    ref: str | os.PathLike[str] | RunOutput, store: str | Store | None = None
 ) -> tuple[Manifest, Location]:
     """The manifest and location of an artifact, pinned to the version found now.
 
-    :param ref: `NAME`, `NAME:VERSION`, `NAME:ALIAS`, or a
-        `preheat.app.RunOutput` naming the run that produced it.
-    :param store: a store URL or an open `Store`; None means the default
-        store (a `RunOutput` with its own `store` uses that one).
+    :param ref: `NAME`, `NAME:VERSION` or `NAME:ALIAS` (`latest` by default); a
+        `preheat.app.RunOutput` naming the run that produced it; or the artifact's
+        directory or store URI as `preheat prefetch --wait` prints it
+        (`STORE/artifacts/NAME/VERSION`, the store being the part before `artifacts/`).
+    :param store: a store URL or an open `Store` for `NAME[:VERSION]` references; None
+        means the default store (a `RunOutput` with its own `store` uses that one).
     :returns: `(manifest, location)`; `location.path` is a local directory
         for a local store, None for a remote one (then stream `location.uri`
         with `location.env`, or `materialize` it).
-    :raises NotFound: no such artifact, version or run output.
+    :raises NotFound: no such artifact, version, run output or path.
+    :raises PreheatError: the artifact is still being written (its run is named), or the
+        run did not succeed.
     """
-    from preheat.app import RunOutput
-    from preheat.catalog import Catalog
-    from preheat.resolve import location
+    from preheat.references import resolve_reference
 
-    if isinstance(ref, RunOutput) and ref.store:
-        store = ref.store
-    catalog = Catalog(store if isinstance(store, Store) else open_store(store))
-    if isinstance(ref, RunOutput):
-        from preheat.runs import Run
-
-        run = Run(ref.run_name, catalog.store.url, catalog=catalog)
-        ref = str(run.outputs()[ref.index].artifact)
-    manifest = catalog.resolve(ref)
-    return manifest, location(catalog, manifest)
+    found = resolve_reference(ref, store)
+    return found.manifest, found.location
 
 
 def materialize(
@@ -170,9 +229,34 @@ def materialize(
     """
     from preheat.catalog import Catalog
     from preheat.resolve import materialize as _materialize
+    from preheat.store import Store
 
     opened = store if isinstance(store, Store) else open_store(store)
     return _materialize(Catalog(opened), manifest, dest, workers=workers)
+
+
+def cached_artifact(manifest: Manifest, store: str | Store | None = None) -> Path:
+    """A verified local directory holding the artifact: the store's own for a local store, else the node cache's copy.
+
+    The first call on a node copies and verifies every byte into
+    `$PREHEAT_HOME/cache` (bounded, least recently used entries evicted
+    first); later calls, from any process, re-stat the files and read
+    nothing from the store. Use `use_artifact` to keep the copy from being
+    evicted while an engine runs on it.
+
+    :raises PreheatError: the cache cannot hold the artifact (limit, disk,
+        permissions), or the store copy is damaged.
+    """
+    from preheat.cache import cached_artifact as _cached
+
+    return _cached(manifest, store if isinstance(store, Store) else open_store(store))
+
+
+def use_artifact(manifest: Manifest, store: str | Store | None = None):
+    """`cached_artifact` as a context manager: the directory is never evicted until the block ends."""
+    from preheat.cache import use_artifact as _use
+
+    return _use(manifest, store if isinstance(store, Store) else open_store(store))
 
 
 def worker_command(record: RunRecord) -> list[str]:

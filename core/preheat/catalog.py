@@ -184,6 +184,10 @@ class Catalog:
             if found is not None:
                 yield serde.loads(found[0], RunRecord)
 
+    def request_cancel(self, name: str) -> None:
+        """Leave a cancel request for run `name`; its worker polls for it and stops cleanly."""
+        self.store.put(self.cancel_key(name), b"cancel\n")
+
     def log(self, name: str) -> str | None:
         """A run's log as stored, or None."""
         found = self.store.read(self.log_key(name))

@@ -23,11 +23,22 @@ class Source:
 
 @attrs.frozen
 class FileEntry:
-    """One file of an artifact: its path under the weights directory, size and digest."""
+    """One file of an artifact: its path under the weights directory, size and digest.
+
+    `etag` is the hub's etag of the file (the sha256 for LFS files, the git blob id for the
+    rest), recorded when it is known; it is what a later run matches on to reuse the file.
+    `origin` is "NAME:VERSION" of the artifact a reused file was copied from (None when the
+    file was fetched from the source). `stored_etag` is the store's own etag of the file as
+    published (see `ObjectInfo.etag`): a later run reuses the file only while the store still
+    reports that etag, so a file changed in place since is fetched again, never copied.
+    """
 
     path: str
     size: int
     sha256: str
+    etag: str | None = None
+    origin: str | None = None
+    stored_etag: str | None = None
 
 
 @attrs.frozen
@@ -168,6 +179,13 @@ class RunRecord:
     bytes_total: int = 0
     bytes_done: int = 0
     stage: str | None = None
+    # bytes of the selected source files fetched from the source by this run, and bytes the
+    # store already held (copied from another version, resumed, or the whole artifact reused)
+    bytes_fetched: int = 0
+    bytes_reused: int = 0
+    # the executor's options as given (`--executor-option KEY=VALUE`), e.g. a cluster
+    # address: read by whoever waits on or cancels the run, so never a secret
+    executor_options: dict[str, str] = attrs.Factory(dict)
 
     @property
     def done(self) -> bool:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+import attrs
 import psutil
 
 from preheat.catalog import Catalog
@@ -163,8 +164,14 @@ class Draft:
     def _journal_key(self, path: str) -> str:
         return self._staging + "verified/" + hashlib.sha256(path.encode()).hexdigest() + ".json"
 
-    def verified(self, path: str, size: int, sha256: str | None = None) -> FileEntry | None:
-        """The entry of a file a previous attempt already wrote and verified, if still intact."""
+    def verified(
+        self, path: str, size: int, sha256: str | None = None, etag: str | None = None
+    ) -> FileEntry | None:
+        """The entry of a file a previous attempt already wrote and verified, if still intact.
+
+        `sha256` and `etag` (the source's digest and etag of the file), when given, must
+        match what the journal recorded.
+        """
         found = self.store.read(self._journal_key(path))
         if found is None:
             return None
@@ -176,18 +183,41 @@ class Draft:
             or info.size != size
             or info.etag != entry.get("etag")
             or (sha256 is not None and entry["sha256"] != sha256)
+            or (etag is not None and entry.get("source_etag") not in (None, etag))
         ):
             return None
-        return FileEntry(path=path, size=size, sha256=entry["sha256"])
+        return FileEntry(
+            path=path,
+            size=size,
+            sha256=entry["sha256"],
+            etag=entry.get("source_etag") or etag,
+            origin=entry.get("origin"),
+        )
 
     def open(self, path: str, *, resume: bool = False) -> ObjectWriter:
         """A writer for one file of the version; it becomes visible at its key on commit."""
         self.check()
         return self.store.open_writer(self.file_key(path), resume=resume)
 
+    def copy_in(self, path: str, src_key: str) -> ObjectInfo:
+        """Copy the stored object `src_key` in as the file `path` (inside the store: a link or
+        server-side copy); journal it with `record` once it is checked.
+
+        :raises NotFound: `src_key` is gone.
+        """
+        self.check()
+        return self.store.copy(src_key, self.file_key(path))
+
     def record(self, entry: FileEntry, info: ObjectInfo) -> None:
         """Journal a committed, verified file so a rerun can skip it."""
-        body = {"path": entry.path, "size": entry.size, "sha256": entry.sha256, "etag": info.etag}
+        body = {
+            "path": entry.path,
+            "size": entry.size,
+            "sha256": entry.sha256,
+            "etag": info.etag,
+            "source_etag": entry.etag,
+            "origin": entry.origin,
+        }
         self.store.put(self._journal_key(entry.path), json.dumps(body).encode())
 
     def write_stream(self, path: str, chunks: Iterable[bytes | memoryview]) -> FileEntry:
@@ -217,14 +247,21 @@ class Draft:
     def publish(self, manifest: Manifest, *, alias: str | None = "latest") -> Manifest:
         """Check every file is in place, write the manifest, move the alias, clean the staging area."""
         self.check()
+        files = []
         for entry in manifest.files:
             info = self.store.head(self.file_key(entry.path))
             if info is None or info.size != entry.size:
                 raise PreheatError(
                     f"refusing to publish {self.name}:{self.version}: {entry.path} is missing or has the wrong size"
                 )
+            files.append(attrs.evolve(entry, stored_etag=info.etag))
         if self._files != self.prefix and self.catalog.manifest(self.name, self.version) is None:
             self.store.rename_prefix(self._files, self.prefix)
+            # the etag each file has once published (a local rename keeps it; others may not)
+            for i, entry in enumerate(files):
+                info = self.store.head(self.prefix + entry.path)
+                files[i] = attrs.evolve(entry, stored_etag=info.etag if info else None)
+        manifest = attrs.evolve(manifest, files=tuple(files))
         if not self.catalog.publish_manifest(manifest):
             manifest = self.catalog.manifest(self.name, self.version) or manifest
         if alias:

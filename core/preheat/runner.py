@@ -20,6 +20,8 @@ from preheat.errors import Cancelled, PreheatError
 from preheat.models import RunRecord
 from preheat.pipeline import Pipeline, Progress
 from preheat.redact import RedactingFilter, redact
+from preheat.resources import human_bytes
+from preheat.transfers import TransferPool
 
 log = logging.getLogger("preheat")
 SAVE_EVERY = 1.0
@@ -119,11 +121,13 @@ def execute(
     cancel: threading.Event | None = None,
     record: RunRecord | None = None,
     catalog: Catalog | None = None,
+    transfers: TransferPool | None = None,
 ) -> RunRecord:
     """Run the pipeline of run record `run` here and return its final record.
 
     A caller that just created the run passes its `record` and `catalog`;
-    otherwise (a worker process) both are read from the store.
+    otherwise (a worker process) both are read from the store. `transfers`
+    moves the files to fetch (default: threads of this process).
     """
     catalog = catalog or Catalog(open_store(store_url))
     record = record or catalog.run(run)
@@ -134,8 +138,13 @@ def execute(
         state.start()
         log.info("run %s started (pid %d)", run, os.getpid())
         started = time.monotonic()
+        pipeline = Pipeline(catalog, run, progress=state, cancel=cancel, transfers=transfers)
+
+        def tally() -> dict[str, int]:
+            ctx = pipeline.ctx
+            return {"bytes_fetched": ctx.bytes_fetched, "bytes_reused": ctx.bytes_reused}
+
         try:
-            pipeline = Pipeline(catalog, run, progress=state, cancel=cancel)
             outcome = pipeline.prefetch(record.request)
             state.stop()
             state.update(
@@ -143,23 +152,32 @@ def execute(
                 artifact=outcome.manifest.ref,
                 reused=outcome.reused,
                 stage="done",
+                bytes_fetched=outcome.bytes_fetched,
+                bytes_reused=outcome.bytes_reused,
             )
             log.info(
                 "run %s succeeded in %.1fs: %s%s",
                 run, time.monotonic() - started, outcome.manifest.ref, " (reused)" if outcome.reused else "",
             )  # fmt: skip
+            log.info(
+                "fetched %s from the source, reused %s already in the store",
+                human_bytes(outcome.bytes_fetched),
+                human_bytes(outcome.bytes_reused),
+            )
         except (Cancelled, KeyboardInterrupt):
             state.stop()
-            state.update(status="cancelled", error="cancelled")
+            state.update(status="cancelled", error="cancelled", **tally())
             log.info("run %s cancelled", run)
         except PreheatError as exc:
             state.stop()
-            state.update(status="failed", error=redact(str(exc)))
+            state.update(status="failed", error=redact(str(exc)), **tally())
             log.error("run %s failed: %s", run, exc)
         except Exception as exc:
             state.stop()
             state.update(
-                status="failed", error=redact(f"internal error: {type(exc).__name__}: {exc}")
+                status="failed",
+                error=redact(f"internal error: {type(exc).__name__}: {exc}"),
+                **tally(),
             )
             log.error("run %s failed with an internal error:\n%s", run, traceback.format_exc())
         finally:

@@ -49,7 +49,7 @@ class Run:
     def record(self) -> RunRecord:
         """The current record; a run whose local worker died is reported (and saved) as failed."""
         record = self.catalog.run(self.name)
-        if not record.done and record.pid is not None:
+        if not record.done:
             executor = lookup("executors", record.executor).value()
             if executor.alive(record) is False:
                 fresh = self.catalog.run(self.name)
@@ -110,9 +110,15 @@ class Run:
 
 
 def new_run(
-    request: PrefetchRequest, store: str | None = None, executor: str = "local"
+    request: PrefetchRequest,
+    store: str | None = None,
+    executor: str = "local",
+    executor_options: dict[str, str] | None = None,
 ) -> tuple[Run, RunRecord]:
-    """Validate `request` and save a queued run record; the run (bound to its catalog) and that record."""
+    """Validate `request` and save a queued run record; the run (bound to its catalog) and that record.
+
+    `executor_options` are saved in the record for the executor (never secrets).
+    """
     prepare(request)
     url = store or default_store_url()
     catalog = Catalog(open_store(url))
@@ -123,22 +129,44 @@ def new_run(
         created=now_iso(),
         store=url,
         executor=executor,
+        executor_options=dict(executor_options or {}),
     )
     catalog.save_run(record)
     return Run(record.name, url, catalog=catalog), record
 
 
-def create_run(request: PrefetchRequest, store: str | None = None, executor: str = "local") -> Run:
+def create_run(
+    request: PrefetchRequest,
+    store: str | None = None,
+    executor: str = "local",
+    executor_options: dict[str, str] | None = None,
+) -> Run:
     """Validate `request`, save a queued run record for it and return the run, bound to its catalog."""
-    return new_run(request, store, executor)[0]
+    return new_run(request, store, executor, executor_options)[0]
 
 
-def submit(request: PrefetchRequest, store: str | None = None, executor: str = "local") -> Run:
-    """Validate `request`, save a queued run record and start it on `executor`."""
+def submit(
+    request: PrefetchRequest,
+    store: str | None = None,
+    executor: str = "local",
+    executor_options: dict[str, str] | None = None,
+) -> Run:
+    """Validate `request`, save a queued run record and start it on `executor`.
+
+    When the executor cannot start it, the record is saved as failed with the
+    executor's message, and that PreheatError is raised.
+    """
     executor_factory = lookup("executors", executor).value
-    run, record = new_run(request, store, executor)
+    run, record = new_run(request, store, executor, executor_options)
     catalog = run.catalog
-    started = executor_factory().submit(record)
+    try:
+        started = executor_factory().submit(record)
+    except PreheatError as exc:
+        with contextlib.suppress(Exception):
+            catalog.save_run(
+                attrs.evolve(record, status="failed", updated=now_iso(), error=str(exc))
+            )
+        raise
     key = catalog.run_key(record.name)
     found = catalog.store.read(key)
     if found is not None:

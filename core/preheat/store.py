@@ -19,14 +19,21 @@ from pathlib import Path
 
 import attrs
 
+from preheat.errors import NotFound
+
 
 @attrs.frozen
 class ObjectInfo:
-    """What a store knows about one object without reading it: key, size and an etag (any change-detecting token)."""
+    """What a store knows about one object without reading it: key, size and an etag (any change-detecting token).
+
+    `modified` is when the object was last written (POSIX seconds), where the store
+    says (`gc` uses it to leave young objects alone); it takes no part in equality.
+    """
 
     key: str
     size: int
     etag: str | None = None
+    modified: float | None = attrs.field(default=None, eq=False)
 
 
 class ObjectWriter(abc.ABC):
@@ -151,6 +158,34 @@ class Store(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; no error when it is already gone."""
 
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """Copy the object `src_key` to `dst_key` inside this store, replacing any `dst_key`.
+
+        Stores copy without moving the bytes through this process where they
+        can (a hard link or reflink on a filesystem, a server-side copy on an
+        object store); this default streams them through `open_reader` and
+        `open_writer` as the last resort. Like a writer's commit, the copy
+        becomes visible at `dst_key` only once complete.
+
+        :param src_key: the object to copy; it is left as it is.
+        :param dst_key: where the copy lands.
+        :returns: the info of the new object at `dst_key` (its size, etag).
+        :raises NotFound: `src_key` does not exist.
+        :raises PreheatError: the store refused the copy (nothing is left at
+            `dst_key` in that case, or the old object).
+        """
+        if self.head(src_key) is None:
+            raise NotFound(f"{self.uri(src_key)} does not exist")
+        writer = self.open_writer(dst_key)
+        try:
+            for chunk in self.open_reader(src_key):
+                writer.write(chunk)
+            info = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return self.head(dst_key) or info
+
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object under `prefix`; return how many were removed."""
         keys = [info.key for info in self.list(prefix)]
@@ -177,8 +212,17 @@ class Store(abc.ABC):
         """Environment a streaming loader needs to read this store (endpoints, regions; never secrets)."""
         return {}
 
-    def gc(self) -> int:
-        """Remove leftovers of interrupted writes (partial files, open uploads); return a count."""
+    gc_after: float = 0.0
+    """How old (seconds) a leftover of an interrupted write must be before `gc` removes it by default."""
+
+    def gc(self, older_than: float | None = None) -> int:
+        """Remove leftovers of interrupted writes (partial files, open uploads); return a count.
+
+        :param older_than: remove only leftovers at least this many seconds
+            old (None: the store's default, `gc_after`). A leftover still in
+            use by a live writer is younger than any sensible threshold.
+        :returns: how many leftovers were removed.
+        """
         return 0
 
     def close(self) -> None:

@@ -51,14 +51,17 @@ def local_store_class() -> type[Store]:
     return LocalStore
 
 
-def prefetch_here(store: str, **request: Any) -> RunRecord:
-    """Create a run for `PrefetchRequest(**request)` in `store` and run it in this process."""
+def prefetch_here(store: str, *, progress: Any = None, **request: Any) -> RunRecord:
+    """Create a run for `PrefetchRequest(**request)` in `store` and run it in this process.
+
+    `progress`, if given, receives the pipeline's `stage(name, total)` and `advance(n)` calls.
+    """
     from preheat.api import PrefetchRequest
     from preheat.runner import execute
     from preheat.runs import create_run
 
     run = create_run(PrefetchRequest(**request), store)
-    return execute(store, run.name, catalog=run.catalog)
+    return execute(store, run.name, catalog=run.catalog, progress=progress)
 
 
 def registered(kind: str, plugin: object, name: str = "plugin-under-test") -> dict[str, Any]:

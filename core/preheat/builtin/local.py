@@ -9,15 +9,19 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from preheat.errors import PreconditionFailed, PreheatError
+from preheat.errors import NotFound, PreconditionFailed, PreheatError
 from preheat.hookspecs import hookimpl
 from preheat.store import ObjectInfo, ObjectWriter, Store
 
 _HIDDEN = (".partial", ".locks")
+# ioctl(dst, FICLONE, src): share src's extents (btrfs, XFS, bcachefs, ...)
+_FICLONE = 0x40049409
 
 
 def _durable() -> bool:
@@ -27,6 +31,37 @@ def _durable() -> bool:
 
 def _etag(st: os.stat_result) -> str:
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key=key, size=st.st_size, etag=_etag(st), modified=st.st_mtime)
+
+
+def _clone(src: Path, dst: Path) -> None:
+    """Make `dst` (new) share `src`'s bytes: a hard link, else a reflink, else a kernel copy.
+
+    A hard link is one more name for the same immutable file (removing either
+    name leaves the other intact); it fails across filesystems (EXDEV) or where
+    links are not allowed (EPERM, e.g. some network filesystems), and then a
+    reflink shares the extents instead. A plain copy is the last resort.
+    """
+    try:
+        os.link(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+            raise
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+    except OSError:
+        shutil.copyfile(src, dst)  # sendfile/copy_file_range in the kernel where it can
+    if _durable():
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _disk_error(exc: OSError, path: Path) -> PreheatError:
@@ -136,7 +171,7 @@ class LocalStore(Store):
             return None
         if not os.path.isfile(self._path(key)):
             return None
-        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+        return _info(key, st)
 
     def read(self, key: str) -> tuple[bytes, str | None] | None:
         try:
@@ -196,8 +231,36 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        st = dest.stat()
-        return ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+        return _info(key, dest.stat())
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """A hard link of `src_key` at `dst_key` (a reflink, or a copy, where links fail).
+
+        Artifact files are never written in place, so sharing one inode between
+        versions is safe: `delete` of either key leaves the other intact.
+        """
+        src, dest = self._path(src_key), self._path(dst_key)
+        if not src.is_file():
+            raise NotFound(f"{src} does not exist")
+        partials = self.root / ".partial"
+        try:
+            partials.mkdir(parents=True, exist_ok=True)
+            tmp = partials / f"c-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
+            try:
+                _clone(src, tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            finally:
+                # rename() between two links of one inode does nothing: drop the spare name
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        except FileNotFoundError as exc:
+            if not src.exists():
+                raise NotFound(f"{src} does not exist") from None
+            raise _disk_error(exc, dest) from exc
+        except OSError as exc:
+            raise _disk_error(exc, dest) from exc
+        return _info(dst_key, dest.stat())
 
     def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
         try:
@@ -221,8 +284,11 @@ class LocalStore(Store):
             for name in sorted(filenames):
                 key = rel + name
                 if key.startswith(prefix) and not name.startswith(".put-"):
-                    st = os.stat(os.path.join(dirpath, name))
-                    yield ObjectInfo(key=key, size=st.st_size, etag=_etag(st))
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:  # removed while listing
+                        continue
+                    yield _info(key, st)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -258,13 +324,18 @@ class LocalStore(Store):
             path = path.parent
         return shutil.disk_usage(path).free
 
-    def gc(self) -> int:
+    def gc(self, older_than: float | None = None) -> int:
+        """Remove partial files (of interrupted downloads and copies) at least `older_than` s old."""
         partials = self.root / ".partial"
         if not partials.is_dir():
             return 0
+        age = self.gc_after if older_than is None else older_than
+        cutoff = time.time() - age
         removed = 0
         for entry in partials.iterdir():
             with contextlib.suppress(FileNotFoundError):
+                if age > 0 and entry.stat().st_mtime > cutoff:
+                    continue
                 entry.unlink()
                 removed += 1
         return removed

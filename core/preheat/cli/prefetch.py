@@ -18,7 +18,12 @@ app = typer.Typer(
 
 
 def run_summary(record, catalog) -> dict:
-    """The `--json` object of a run: run, status, reused, artifact and outputs."""
+    """The `--json` object of a run: run, status, reused, artifact, outputs, bytes_fetched, bytes_reused.
+
+    `bytes_fetched` counts the bytes of source files fetched from the source by the run,
+    `bytes_reused` those the store already held (copied from another version, resumed,
+    or the whole artifact reused).
+    """
     from preheat.resolve import location
 
     artifact = None
@@ -40,6 +45,8 @@ def run_summary(record, catalog) -> dict:
         "reused": record.reused,
         "artifact": artifact,
         "outputs": outputs,
+        "bytes_fetched": record.bytes_fetched,
+        "bytes_reused": record.bytes_reused,
     }
     if record.error:
         summary["error"] = record.error
@@ -105,6 +112,31 @@ Exclude = Annotated[
     list[str] | None,
     typer.Option(metavar="GLOB", help="Skip files matching this glob (repeatable)."),
 ]
+ExecutorName = Annotated[
+    str,
+    typer.Option(
+        metavar="NAME",
+        envvar="PREHEAT_EXECUTOR",
+        help="Where the run executes (`preheat plugins` lists executors; default: local).",
+    ),
+]
+ExecutorOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="KEY=VALUE",
+        help="An option for the executor (repeatable); saved in the run record, never a secret.",
+    ),
+]
+ExecutorAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDRESS",
+        envvar="RAY_ADDRESS",
+        help="The cluster address for the ray executor: a head's HOST:PORT or its Jobs API "
+        "http://HOST:PORT (same as --executor-option address=ADDRESS).",
+    ),
+]
 SourceRepo = Annotated[
     str,
     typer.Argument(
@@ -139,6 +171,9 @@ def hf_model(
     include: Include = None,
     exclude: Exclude = None,
     store: Store = None,
+    executor: ExecutorName = "local",
+    executor_option: ExecutorOptions = None,
+    ray_address: ExecutorAddress = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -187,10 +222,17 @@ def prefetch(
     include: list[str] | None,
     exclude: list[str] | None,
     store: str | None,
+    executor: str,
+    executor_option: list[str] | None,
+    ray_address: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """What `hf-model` and `model` do: submit the run, or with `wait` run it here."""
+    """What `hf-model` and `model` do: submit the run, or with `wait` run it here.
+
+    With `wait` and an executor other than `local`, the run is submitted to it and
+    waited for.
+    """
     from preheat.cli.output import Bars, fail_run, note, print_json, want_bars
     from preheat.models import PrefetchRequest, Resources
     from preheat.runs import new_run, submit
@@ -220,8 +262,20 @@ def prefetch(
         ),
         source=source,
     )
-    if not wait:
-        run = submit(request, store=store)
+    options = executor_options(executor_option, ray_address if executor != "local" else None)
+    if not wait or executor != "local":
+        run = submit(request, store=store, executor=executor, executor_options=options)
+        if wait:
+            record = run.wait().record
+            summary = run_summary(record, run.catalog)
+            if as_json:
+                print_json(summary)
+            elif record.status == "succeeded":
+                note(f"{'reused' if record.reused else 'published'} {record.artifact}", quiet)
+                print(summary["artifact"]["path"])
+            if record.status != "succeeded":
+                fail_run(record)
+            return
         if as_json:
             print_json(run_summary(run.catalog.run(run.name), run.catalog))
         else:
@@ -250,3 +304,18 @@ def prefetch(
         print(summary["artifact"]["path"])
     if record.status != "succeeded":
         fail_run(record)
+
+
+def executor_options(pairs: list[str] | None, address: str | None) -> dict[str, str]:
+    """`--executor-option KEY=VALUE`s as a dict; `address` (from `--ray-address`) unless given."""
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, got {pair!r}", param_hint="'--executor-option'"
+            )
+        options[key.strip()] = value
+    if address:
+        options.setdefault("address", address)
+    return options

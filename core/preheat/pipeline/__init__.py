@@ -27,9 +27,11 @@ from preheat.pipeline.request import (
     stored_match,
     version_of,
 )
+from preheat.pipeline.reuse import ReuseIndex
 from preheat.pipeline.sharding import shard_artifact
 from preheat.plugins import lookup
 from preheat.shard import ModelView, ShardPlan
+from preheat.transfers import TransferPool
 
 __all__ = ["Outcome", "Pipeline", "Prepared", "Progress", "prepare", "version_of"]
 
@@ -38,14 +40,23 @@ log = logging.getLogger("preheat")
 
 @attrs.frozen
 class Outcome:
-    """What a prefetch produced: the artifact's manifest and whether it was reused as is."""
+    """What a prefetch produced: the artifact's manifest and whether it was reused as is.
+
+    `bytes_fetched` and `bytes_reused` split the selected source files' bytes into those
+    fetched from the source and those the store already held.
+    """
 
     manifest: Manifest
     reused: bool
+    bytes_fetched: int = 0
+    bytes_reused: int = 0
 
 
 class Pipeline:
-    """One prefetch, run by one process, reporting to `progress` and stopping when `cancel` is set."""
+    """One prefetch, run by one process, reporting to `progress` and stopping when `cancel` is set.
+
+    `transfers` moves the files to fetch (default: threads of this process).
+    """
 
     def __init__(
         self,
@@ -54,8 +65,10 @@ class Pipeline:
         *,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        transfers: TransferPool | None = None,
     ) -> None:
         self.catalog = catalog
+        self.transfers = transfers
         self.store = catalog.store
         self.run = run
         self.ctx = Context(run, progress, cancel)
@@ -66,9 +79,20 @@ class Pipeline:
         fetcher_factory = lookup("fetchers", request.source).value
         fetcher: Fetcher = fetcher_factory(token_key=request.hf_token_key)
         try:
-            return self._prefetch(prepared, fetcher)
+            outcome = self._prefetch(prepared, fetcher)
         finally:
             fetcher.close()
+        return attrs.evolve(
+            outcome, bytes_fetched=self.ctx.bytes_fetched, bytes_reused=self.ctx.bytes_reused
+        )
+
+    def _source_bytes(self, manifest: Manifest) -> int:
+        """The bytes of the source files an artifact was built from (its base's, when sharded)."""
+        if manifest.lineage is not None:
+            base = self.catalog.manifest(manifest.lineage.name, manifest.lineage.version)
+            if base is not None:
+                return base.total_bytes
+        return manifest.total_bytes
 
     def _prefetch(self, prepared: Prepared, fetcher: Fetcher) -> Outcome:
         request, name, ctx = prepared.request, prepared.name, self.ctx
@@ -80,6 +104,7 @@ class Pipeline:
             if stored is None:
                 raise
             log.info("source offline: reusing stored %s:%s", stored.name, stored.version)
+            ctx.count(reused=self._source_bytes(stored))
             return Outcome(stored, True)
         files = select(snapshot.files, request.include, request.exclude)
         if not files:
@@ -104,11 +129,20 @@ class Pipeline:
         if done is not None:
             log.info("reusing %s:%s", name, done.version)
             self.catalog.set_alias(name, "latest", done.version)
+            ctx.count(reused=sum(f.size for f in files))
             return Outcome(done, True)
         if not request.artifact_name:
             check_name_owner(self.catalog, name, request.repo)
         base = self.catalog.manifest(name, base_version) if shard is not None else None
-        to_fetch = files if base is None else []
+        held: dict = {}
+        if base is not None:
+            ctx.count(reused=base.total_bytes)
+        elif not request.force:  # bumping force redoes the work: everything is fetched again
+            # files another version already holds are copied inside the store, not fetched
+            held = ReuseIndex(self.catalog).plan(self.store, files)
+            if held:
+                log.info("%d of %d files are already in the store", len(held), len(files))
+        to_fetch = [f for f in files if f.path not in held] if base is None else []
         # what the listing alone says will land: refuse before reading even a header
         check_capacity(self.store, request.resources, to_fetch, None)
 
@@ -116,7 +150,7 @@ class Pipeline:
         if base is not None:
             config, readme, headers = inspect_stored(self.catalog, base)
         else:
-            config, readme, headers = inspect_remote(fetcher, snapshot, files)
+            config, readme, headers = inspect_remote(fetcher, snapshot, files, self.store, held)
         metadata = detect_metadata(config, readme, paths, request.metadata)
         serving = serving_facts(config, headers)
 
@@ -146,6 +180,8 @@ class Pipeline:
                 metadata,
                 serving,
                 alias=plan is None,
+                reuse=held,
+                transfers=self.transfers,
             )
             if plan is None:
                 return Outcome(base, False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from preheat.catalog import Catalog
@@ -10,7 +12,11 @@ from preheat.errors import PreheatError
 from preheat.fetch import Fetcher, RemoteFile, Snapshot
 from preheat.metadata import SafetensorsHeader, parse_safetensors_header
 from preheat.models import Manifest
+from preheat.pipeline.reuse import Held
 from preheat.shard import SourceArtifact
+from preheat.store import Store
+
+log = logging.getLogger("preheat")
 
 WORKERS = 8
 Inspected = tuple[dict | None, str | None, dict[str, SafetensorsHeader]]
@@ -25,13 +31,37 @@ def inspect_stored(catalog: Catalog, base: Manifest) -> Inspected:
     return config, readme, source.headers()
 
 
-def inspect_remote(fetcher: Fetcher, snapshot: Snapshot, files: list[RemoteFile]) -> Inspected:
-    """Config, README and headers read from the source, in parallel, by range."""
+def inspect_remote(
+    fetcher: Fetcher,
+    snapshot: Snapshot,
+    files: list[RemoteFile],
+    store: Store | None = None,
+    held: Mapping[str, list[Held]] | None = None,
+) -> Inspected:
+    """Config, README and headers read from the source, in parallel, by range.
+
+    The safetensors headers of files with a stored copy in `held` (see `reuse`) are
+    read from that copy in `store` instead; the source is asked only when it cannot be.
+    """
+    held = held if store is not None and held else {}
+
+    def stored(path: str) -> Held | None:
+        found = held.get(path)
+        return found[0] if found else None
 
     def small(path: str) -> bytes | None:
+        # always from the source: a refusal must be based on the repository as it is now
         return fetcher.read(snapshot, path) if snapshot.file(path) is not None else None
 
     def header(f: RemoteFile) -> tuple[str, SafetensorsHeader]:
+        copy = stored(f.path)
+        if copy is not None and store is not None:
+            try:
+                return f.path, parse_safetensors_header(
+                    lambda start, n: store.read_range(copy.key, start, n), f.path
+                )
+            except PreheatError as exc:
+                log.info("reading the header of %s from %s failed (%s)", f.path, copy.origin, exc)
         return f.path, parse_safetensors_header(
             lambda start, n: fetcher.read_range(snapshot, f.path, start, n), f.path
         )

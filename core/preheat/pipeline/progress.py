@@ -27,6 +27,16 @@ class Context:
         self.run = run
         self.progress = progress or Progress()
         self.cancel = cancel or threading.Event()
+        # bytes of source files fetched from the source, and taken from the store instead
+        self.bytes_fetched = 0
+        self.bytes_reused = 0
+        self._lock = threading.Lock()
+
+    def count(self, *, fetched: int = 0, reused: int = 0) -> None:
+        """Add to the run's tally of fetched and reused bytes (from any thread)."""
+        with self._lock:
+            self.bytes_fetched += fetched
+            self.bytes_reused += reused
 
     def stage(self, name: str, total: int = 0) -> None:
         log.info("%s", name)

@@ -1,11 +1,14 @@
-"""The two S3 calls obstore does not expose: ListMultipartUploads and AbortMultipartUpload.
+"""The S3 calls obstore does not expose: ListMultipartUploads, AbortMultipartUpload and a
+multipart copy (UploadPartCopy) for objects over CopyObject's 5 GiB.
 
 Signed with AWS Signature Version 4 using only the standard library, so
-`gc()` can abort the uploads that interrupted writes leave behind.
+`gc()` can abort the uploads that interrupted writes leave behind and `copy()`
+can copy a large object on the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -90,7 +93,64 @@ class S3Api:
             if exc.code != "NoSuchUpload" and exc.status != 404:
                 raise
 
-    def _request(self, method: str, key: str, query: dict[str, str]) -> bytes:
+    def copy_multipart(
+        self, src: str, dst: str, size: int, part_size: int, *, workers: int = 8
+    ) -> None:
+        """Copy object `src` to `dst` (bucket-relative keys) on the server, part by part."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        root = ElementTree.fromstring(self._request("POST", dst, {"uploads": ""}))
+        upload_id = _text(root, "UploadId")
+        if not upload_id:
+            raise S3Error(None, "InvalidResponse", "CreateMultipartUpload returned no UploadId")
+        source = "/" + _quote(f"{self.bucket}/{src}")
+        spans = [(n + 1, start, min(start + part_size, size) - 1)
+                 for n, start in enumerate(range(0, size, part_size))]  # fmt: skip
+
+        def part(span: tuple[int, int, int]) -> str:
+            number, first, last = span
+            body = self._request(
+                "PUT",
+                dst,
+                {"partNumber": str(number), "uploadId": upload_id},
+                headers={
+                    "x-amz-copy-source": source,
+                    "x-amz-copy-source-range": f"bytes={first}-{last}",
+                },
+            )
+            return _text(_checked(body), "ETag")
+
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                etags = list(pool.map(part, spans))
+            done = "".join(
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+                for (n, _, _), etag in zip(spans, etags, strict=True)
+            )
+            body = f"<CompleteMultipartUpload>{done}</CompleteMultipartUpload>".encode()
+            _checked(
+                self._request(
+                    "POST",
+                    dst,
+                    {"uploadId": upload_id},
+                    headers={"Content-Type": "application/xml"},
+                    body=body,
+                )
+            )
+        except BaseException:
+            with contextlib.suppress(S3Error):
+                self.abort(dst, upload_id)
+            raise
+
+    def _request(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str],
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> bytes:
         if self.virtual_hosted:
             url = f"{self.endpoint}/{_quote(key)}"
         else:
@@ -98,8 +158,13 @@ class S3Api:
         canonical_query = "&".join(
             f"{_quote(k, safe='-_.~')}={_quote(v, safe='-_.~')}" for k, v in sorted(query.items())
         )
-        headers = self._sign(method, url, canonical_query)
-        request = urllib.request.Request(f"{url}?{canonical_query}", method=method, headers=headers)
+        signed = self._sign(method, url, canonical_query, headers or {}, body)
+        request = urllib.request.Request(
+            f"{url}?{canonical_query}",
+            data=body if method in ("POST", "PUT") else None,
+            method=method,
+            headers=signed,
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read()
@@ -115,14 +180,23 @@ class S3Api:
         except (urllib.error.URLError, OSError) as exc:
             raise S3Error(None, "ConnectionError", str(getattr(exc, "reason", exc))) from None
 
-    def _sign(self, method: str, url: str, canonical_query: str) -> dict[str, str]:
+    def _sign(
+        self,
+        method: str,
+        url: str,
+        canonical_query: str,
+        extra: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> dict[str, str]:
         access_key, secret_key, token = self.credentials
         parts = urlsplit(url)
         now = dt.datetime.now(dt.UTC)
         amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        payload = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
         headers = {
+            **{k.lower(): v for k, v in (extra or {}).items()},
             "host": parts.netloc,
-            "x-amz-content-sha256": _EMPTY_SHA256,
+            "x-amz-content-sha256": payload,
             "x-amz-date": amz_date,
         }
         if token:
@@ -135,7 +209,7 @@ class S3Api:
                 canonical_query,
                 "".join(f"{k}:{headers[k].strip()}\n" for k in sorted(headers)),
                 signed,
-                _EMPTY_SHA256,
+                payload,
             ]
         )
         scope = f"{date}/{self.region}/s3/aws4_request"
@@ -151,6 +225,14 @@ class S3Api:
             f"Signature={signature}"
         )
         return headers
+
+
+def _checked(body: bytes) -> ElementTree.Element:
+    """The parsed response; S3 may answer 200 with an <Error> body (CompleteMultipartUpload)."""
+    root = ElementTree.fromstring(body)
+    if root.tag.rsplit("}", 1)[-1] == "Error":
+        raise S3Error(200, _text(root, "Code") or "InternalError", _text(root, "Message"))
+    return root
 
 
 def _quote(value: str, safe: str = "-_.~/") -> str:

@@ -190,7 +190,9 @@ def test_second_machine_reuses_and_resolves(published, tmp_path):
         return
     data = launch.ok().json
     uri = f"{p.url}/artifacts/{p.name}/{p.version}"
-    assert data["model"] == uri and data["command"] == ["vllm", "serve", uri, *data["args"]]
+    python = other.env.get("PREHEAT_VLLM_PYTHON") or "python"
+    server = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", uri]
+    assert data["model"] == uri and data["command"] == [*server, *data["args"]]
     assert data["args"] == ["--load-format", "runai_streamer"]
     _assert_streaming_env(data["env"], p.server)
 
