@@ -57,8 +57,17 @@ if TYPE_CHECKING:
         parse_cpu,
         parse_quantity,
     )
+    from preheat.serving.spec import EngineCommand, EngineOptions, ServePlan
     from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
     from preheat.store import ObjectInfo, ObjectWriter, Store
+    from preheat.transfers import (
+        ThreadTransfers,
+        Transfer,
+        TransferJob,
+        TransferPool,
+        Transferred,
+        run_transfers,
+    )
 
 # Where each re-exported name lives. They are imported on first use (PEP 562), so a plugin
 # that registers a store imports what a store needs and `preheat --help` stays cheap.
@@ -97,8 +106,17 @@ _HOMES = {
         "parse_cpu",
         "parse_quantity",
     ),
+    "preheat.serving.spec": ("EngineCommand", "EngineOptions", "ServePlan"),
     "preheat.shard": ("ModelView", "Sharder", "ShardPlan", "SourceArtifact"),
     "preheat.store": ("ObjectInfo", "ObjectWriter", "Store"),
+    "preheat.transfers": (
+        "ThreadTransfers",
+        "Transfer",
+        "TransferJob",
+        "TransferPool",
+        "Transferred",
+        "run_transfers",
+    ),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -134,9 +152,13 @@ __all__ = [
     "Snapshot",
     "SourceArtifact",
     "Store",
+    "ThreadTransfers",
+    "TransferPool",
     # records
     "Accelerator",
     "ArtifactRef",
+    "EngineCommand",
+    "EngineOptions",
     "FileEntry",
     "Manifest",
     "Metadata",
@@ -144,10 +166,14 @@ __all__ = [
     "Resources",
     "RunRecord",
     "SafetensorsHeader",
+    "ServePlan",
     "ServingFacts",
     "ShardSpec",
     "Source",
     "TensorInfo",
+    "Transfer",
+    "TransferJob",
+    "Transferred",
     # errors
     "Cancelled",
     "IntegrityError",
@@ -169,6 +195,7 @@ __all__ = [
     "register_secret",
     "request_cancel",
     "resolve_artifact",
+    "run_transfers",
     "use_artifact",
     "worker_command",
 ]
@@ -279,13 +306,24 @@ def request_cancel(record: RunRecord) -> None:
     Catalog(open_store(record.store)).request_cancel(record.name)
 
 
-def execute_run(store_url: str, run: str, *, cancel: threading.Event | None = None) -> RunRecord:
+def execute_run(
+    store_url: str,
+    run: str,
+    *,
+    cancel: threading.Event | None = None,
+    transfers: TransferPool | None = None,
+) -> RunRecord:
     """Run the pipeline of the run record `run` in this process; returns its final record.
 
     The record's status, progress and log are kept up to date in the store
     while it runs; setting `cancel` (or a `preheat runs cancel`) stops it
     cleanly. Errors end up in the returned record, never raised.
+
+    :param transfers: where the files to fetch are streamed from the source
+        (default: `ThreadTransfers`, threads of this process); an executor passes
+        its own pool to spread them over a cluster. This process keeps the
+        lease, the journal, the manifest and the publish.
     """
     from preheat.runner import execute
 
-    return execute(store_url, run, cancel=cancel)
+    return execute(store_url, run, cancel=cancel, transfers=transfers)

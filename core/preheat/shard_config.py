@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 
 from preheat.errors import PreheatError
 from preheat.plugins import get_registry
@@ -70,7 +69,17 @@ def args_class_for(engine: Any) -> type:
     return reg.args_class
 
 
-_args_converter = cattrs.Converter(forbid_extra_keys=True)
+_converter: Any = None
+
+
+def _args_converter() -> Any:
+    """The converter of args classes (cattrs is imported when a shard config is first used)."""
+    global _converter
+    if _converter is None:
+        import cattrs
+
+        _converter = cattrs.Converter(forbid_extra_keys=True)
+    return _converter
 
 
 @attrs.frozen
@@ -122,7 +131,7 @@ class ShardRequest:
         """The plain-data form kept in run records and manifests and hashed into versions."""
         if not self.available:
             return {"engine": self.engine, "args": dict(self.args)}
-        return {"engine": self.engine, "args": _args_converter.unstructure(self.args)}
+        return {"engine": self.engine, "args": _args_converter().unstructure(self.args)}
 
 
 def _build_args(engine: str, args_class: type, args: Any) -> Any:

@@ -9,10 +9,7 @@ import subprocess
 import sys
 
 import attrs
-import psutil
 
-from preheat.catalog import Catalog
-from preheat.config import open_store, preheat_home
 from preheat.execute import Executor
 from preheat.hookspecs import hookimpl
 from preheat.models import RunRecord
@@ -22,6 +19,8 @@ class LocalExecutor(Executor):
     """Starts `python -m preheat.worker` detached from the caller's session."""
 
     def submit(self, record: RunRecord) -> RunRecord:
+        from preheat.config import preheat_home
+
         logs = preheat_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{record.name}.out", "ab") as out:
@@ -39,6 +38,8 @@ class LocalExecutor(Executor):
     def alive(self, record: RunRecord) -> bool | None:
         if record.host != socket.gethostname() or record.pid is None:
             return None
+        import psutil
+
         try:
             proc = psutil.Process(record.pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
@@ -49,6 +50,9 @@ class LocalExecutor(Executor):
             return False
 
     def cancel(self, record: RunRecord) -> bool:
+        from preheat.catalog import Catalog
+        from preheat.config import open_store
+
         Catalog(open_store(record.store)).request_cancel(record.name)
         if self.alive(record):
             try:

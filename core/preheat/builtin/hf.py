@@ -1,32 +1,26 @@
-"""The built-in Hugging Face Hub fetcher (on `huggingface_hub`)."""
+"""The built-in Hugging Face Hub fetcher.
+
+It speaks the Hub's HTTP protocol itself (`hf_http`, on the stdlib's `http.client`):
+a revision pinned to a commit, the recursive listing, small reads, and weight
+files streamed into the store over several connections (`preheat.ranged`),
+hashed on the way. huggingface_hub is imported only to find a token it manages
+(an OAuth login, a token exchange), never on the path of a plain run.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
-import time
+import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from preheat import transfer
-from preheat.errors import NotFound, PreheatError
+from preheat.errors import PreheatError
 from preheat.fetch import Fetcher, IntegrityError, RemoteFile, Snapshot, SourceOffline, check_path
 from preheat.hookspecs import hookimpl
 from preheat.models import Source
 from preheat.names import validate_repo_id
-from preheat.redact import register_secret
 from preheat.store import ObjectWriter
-
-CHUNK = 1 << 20
-
-
-def _retries() -> int:
-    return int(os.environ.get("PREHEAT_HTTP_RETRIES", "6"))
-
-
-def _backoff(attempt: int) -> float:
-    base = float(os.environ.get("PREHEAT_RETRY_BACKOFF", "0.5"))
-    return min(base * 2**attempt, 20.0)
 
 
 def endpoint() -> str:
@@ -45,6 +39,9 @@ class HfFetcher(Fetcher):
     Registered as the `hf` fetcher factory itself: the pipeline builds it as
     `HfFetcher(token_key=KEY)`, which reads the token from the secret named KEY
     (see `find_token`); `HfFetcher(token=..., token_name=...)` takes a token as is.
+    Large files are fetched as byte ranges over several connections, at most
+    `PREHEAT_CONNECTIONS` (8) at once for the whole run, `PREHEAT_RANGE_SIZE`
+    (16 MiB) per range.
     """
 
     check_repo = staticmethod(validate_repo_id)
@@ -56,6 +53,9 @@ class HfFetcher(Fetcher):
         *,
         token_key: str | None = None,
     ) -> None:
+        from preheat.builtin.hf_http import HubClient
+        from preheat.redact import register_secret
+
         if token_key is not None:
             token_name = token_key
             if token is None:
@@ -64,90 +64,13 @@ class HfFetcher(Fetcher):
         self._token = token
         self._token_name = token_name
         self.endpoint = endpoint()
+        self._client = HubClient(self.endpoint, token, token_name)
+        self._remotes: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+        self._limits = None
 
     def __repr__(self) -> str:
         return f"HfFetcher(endpoint={self.endpoint!r})"
-
-    def _scrub(self, text: str) -> str:
-        text = " ".join(str(text).split())
-        return text.replace(self._token, "***") if self._token else text
-
-    def _api(self):
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self._token or False)
-
-    def _error(
-        self, exc: Exception, repo: str, revision: str | None = None, path: str | None = None
-    ) -> PreheatError:
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            RemoteEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        key = self._token_name
-        if isinstance(exc, GatedRepoError):
-            if self._token:
-                return PreheatError(
-                    f"repo {repo} is gated and the token in ${key} has no access: accept the "
-                    f"repo's terms on the Hub with that account, or use another token"
-                )
-            return PreheatError(
-                f"repo {repo} is gated: set ${key} (hf_token_key) to a token of an account that accepted its terms"
-            )
-        if isinstance(exc, RepositoryNotFoundError):
-            if status == 401 and self._token:
-                return PreheatError(
-                    f"the hub at {self.endpoint} rejected the token in ${key} (401): check or renew it"
-                )
-            suffix = (
-                "" if self._token else f" (if it is private, set ${key} to a token with access)"
-            )
-            return NotFound(f"repo {repo} not found on {self.endpoint}{suffix}")
-        if isinstance(exc, RevisionNotFoundError):
-            return NotFound(
-                f"revision {revision!r} not found in repo {repo}: use a branch, tag or commit that exists"
-            )
-        if isinstance(exc, RemoteEntryNotFoundError):
-            return NotFound(f"file {path!r} not found in {repo} at {revision}")
-        if isinstance(exc, HfHubHTTPError):
-            if status in (401, 403):
-                if self._token:
-                    return PreheatError(
-                        f"the hub at {self.endpoint} rejected the token in ${key} ({status}): check or renew it"
-                    )
-                return PreheatError(
-                    f"the hub at {self.endpoint} refused access to {repo} ({status}): set ${key} to a token with access"
-                )
-            first = self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return PreheatError(f"hub request for {repo} failed: {first}")
-        return PreheatError(
-            f"cannot reach the hub at {self.endpoint}: {self._scrub(str(exc)) or type(exc).__name__}"
-        )
-
-    def _call(self, fn: Callable, repo: str, revision: str | None = None, path: str | None = None):
-        """Run a hub API call, retrying transient failures, mapping errors to one line."""
-        from huggingface_hub.errors import HfHubHTTPError
-
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except Exception as exc:
-                status = getattr(getattr(exc, "response", None), "status_code", None)
-                if isinstance(exc, HfHubHTTPError):
-                    transient = status is not None and status >= 500
-                else:
-                    transient = isinstance(exc, OSError) or _is_transport(exc)
-                if transient and attempt < _retries():
-                    time.sleep(_backoff(attempt))
-                    attempt += 1
-                    continue
-                raise self._error(exc, repo, revision, path) from None
 
     def snapshot(self, repo: str, revision: str | None) -> Snapshot:
         if offline():
@@ -155,75 +78,73 @@ class HfFetcher(Fetcher):
                 f"HF_HUB_OFFLINE is set and no stored artifact matches {repo}@{revision or 'main'}: "
                 "unset HF_HUB_OFFLINE to fetch it"
             )
-        api = self._api()
         rev = revision or "main"
-        info = self._call(lambda: api.model_info(repo, revision=rev), repo, rev)
-        commit = info.sha
-        if not commit:
+        commit = self._client.model_info(repo, rev).get("sha")
+        if not commit or not isinstance(commit, str):
             raise PreheatError(f"the hub did not return a commit for {repo} at {rev!r}")
-
-        def listing():
-            return [
-                e
-                for e in api.list_repo_tree(repo, revision=commit, recursive=True)
-                if hasattr(e, "blob_id")
-            ]
-
-        entries = self._call(listing, repo, rev)
         files = []
-        for e in entries:
-            check_path(e.path)
-            if e.lfs is not None:
-                files.append(RemoteFile(path=e.path, size=e.lfs.size, sha256=e.lfs.sha256))
-            else:
-                files.append(RemoteFile(path=e.path, size=e.size, git_oid=e.blob_id))
+        for e in self._client.tree(repo, commit):
+            if e.get("type") != "file":
+                continue
+            path = check_path(str(e.get("path", "")))
+            lfs = e.get("lfs")
+            try:
+                if isinstance(lfs, dict):
+                    files.append(RemoteFile(path=path, size=int(lfs["size"]), sha256=lfs["oid"]))
+                else:
+                    files.append(RemoteFile(path=path, size=int(e["size"]), git_oid=e["oid"]))
+            except (KeyError, TypeError, ValueError):
+                raise PreheatError(
+                    f"the hub at {self.endpoint} listed {path!r} of {repo} without its size or id"
+                ) from None
         files.sort(key=lambda f: f.path)
         return Snapshot(
             source=Source(type="hf", repo=repo, revision=rev, commit=commit), files=tuple(files)
         )
 
-    def _url(self, snapshot: Snapshot, path: str) -> str:
-        from huggingface_hub import hf_hub_url
+    def _remote(self, snapshot: Snapshot, path: str):
+        """The file's `Remote`, shared by its reads and its ranges (so the CDN URL is kept)."""
+        from preheat.transfer import Remote
 
-        return hf_hub_url(
-            snapshot.source.repo, path, revision=snapshot.source.commit, endpoint=self.endpoint
-        )
+        key = (snapshot.source.commit, path)
+        with self._lock:
+            remote = self._remotes.get(key)
+            if remote is None:
+                url = self._client.file_url(snapshot.source.repo, snapshot.source.commit, path)
+                remote = self._remotes[key] = Remote(url, self._client.headers())
+        return remote
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers
-
-        from preheat import __version__
-
-        return build_hf_headers(
-            token=self._token or False,
-            library_name="preheat",
-            library_version=__version__,
-            headers=extra,
-        )
-
-    def _get(self, snapshot: Snapshot, path: str, headers: dict[str, str] | None = None) -> bytes:
-        from huggingface_hub.utils import get_session, hf_raise_for_status
+    def _read(self, snapshot: Snapshot, path: str, start: int | None, length: int) -> bytes:
+        remote = self._remote(snapshot, path)
 
         def call() -> bytes:
-            r = get_session().get(
-                self._url(snapshot, path),
-                headers=self._headers(headers),
-                follow_redirects=True,
-                timeout=60,
-            )
-            hf_raise_for_status(r)
-            return r.content
+            body = remote.open() if start is None else remote.open(start, start + length - 1)
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            if start is None or body.status == 206:
+                return data if start is None else data[:length]
+            return data[start : start + length]  # a server that ignores Range sends it all
 
-        return self._call(call, snapshot.source.repo, snapshot.source.commit, path)
+        source = snapshot.source
+        return self._client.call(call, source.repo, source.commit, path)
 
     def read(self, snapshot: Snapshot, path: str) -> bytes:
-        return self._get(snapshot, path)
+        return self._read(snapshot, path, None, 0)
 
     def read_range(self, snapshot: Snapshot, path: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        data = self._get(snapshot, path, {"Range": f"bytes={start}-{start + length - 1}"})
-        return data[:length] if len(data) <= length else data[start : start + length]
+        return self._read(snapshot, path, start, length)
+
+    def _shared_limits(self):
+        from preheat.ranged import Limits
+
+        with self._lock:
+            if self._limits is None:
+                self._limits = Limits.from_env()
+            return self._limits
 
     def download(
         self,
@@ -233,6 +154,10 @@ class HfFetcher(Fetcher):
         *,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> str:
+        import hashlib
+
+        from preheat import ranged
+
         sha256 = hashlib.sha256()
         sha1 = hashlib.sha1(b"blob %d\0" % file.size) if file.git_oid else None
         offset = 0
@@ -247,44 +172,23 @@ class HfFetcher(Fetcher):
             )
         if offset:
             on_bytes(offset)
-        url = self._url(snapshot, file.path)
-        attempt = 0
-        while offset < file.size:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            try:
-                body = transfer.get(url, self._headers(headers))
-                try:
-                    skip = offset if (offset and body.status != 206) else 0
-                    for chunk in body.chunks():
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            chunk, skip = chunk[cut:], skip - cut
-                            if not chunk:
-                                continue
-                        if offset + len(chunk) > file.size:
-                            raise IntegrityError(
-                                f"{file.path}: the hub sent more bytes than the listed size {file.size}"
-                            )
-                        writer.write(chunk)
-                        sha256.update(chunk)
-                        if sha1 is not None:
-                            sha1.update(chunk)
-                        offset += len(chunk)
-                        on_bytes(len(chunk))
-                finally:
-                    body.close()
-                if offset < file.size:
-                    raise ConnectionError(
-                        f"{file.path}: connection closed at byte {offset} of {file.size}"
-                    )
-            except IntegrityError:
-                raise
-            except transfer.HTTPStatus as exc:
-                if exc.status < 500 and exc.status != 429:
-                    raise self._status_error(exc, snapshot, file.path) from None
-                attempt = self._retry_or_raise(attempt, file.path, exc)
-            except (OSError, http.client.HTTPException) as exc:
-                attempt = self._retry_or_raise(attempt, file.path, exc)
+
+        def sink(chunk: memoryview) -> None:
+            writer.write(chunk)
+            sha256.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
+
+        ranged.fetch(
+            self._remote(snapshot, file.path),
+            file.size,
+            offset,
+            sink,
+            path=file.path,
+            limits=self._shared_limits(),
+            policy=_Policy(self._client, snapshot),
+            on_bytes=on_bytes,
+        )
         digest = sha256.hexdigest()
         if file.sha256 is not None and digest != file.sha256:
             raise IntegrityError(
@@ -297,35 +201,35 @@ class HfFetcher(Fetcher):
             )
         return digest
 
-    def _retry_or_raise(self, attempt: int, path: str, exc: Exception) -> int:
-        if attempt >= _retries():
-            raise PreheatError(
-                f"download of {path} failed after {attempt + 1} attempts: {self._scrub(str(exc)) or type(exc).__name__}"
-            ) from None
-        time.sleep(_backoff(attempt))
-        return attempt + 1
-
-    def _status_error(
-        self, exc: transfer.HTTPStatus, snapshot: Snapshot, path: str
-    ) -> PreheatError:
-        """The library's own typed error for a failed download, mapped to one line."""
-        from huggingface_hub.utils import get_session, hf_raise_for_status
-
-        try:
-            r = get_session().get(
-                self._url(snapshot, path),
-                headers=self._headers(),
-                follow_redirects=True,
-                timeout=60,
-            )
-            hf_raise_for_status(r)
-        except Exception as typed:
-            return self._error(typed, snapshot.source.repo, snapshot.source.commit, path)
-        return PreheatError(f"download of {path} failed: HTTP {exc.status}")
+    def close(self) -> None:
+        with self._lock:
+            limits, self._limits = self._limits, None
+        if limits is not None:
+            limits.close()
 
 
-def _is_transport(exc: Exception) -> bool:
-    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "h11")
+class _Policy:
+    """Retries and one-line errors of one run's downloads (`preheat.ranged.Policy`)."""
+
+    def __init__(self, client, snapshot: Snapshot) -> None:
+        from preheat.builtin.hf_http import retries
+
+        self.client = client
+        self.snapshot = snapshot
+        self.retries = retries()
+
+    def backoff(self, attempt: int) -> float:
+        from preheat.builtin.hf_http import backoff
+
+        return backoff(attempt)
+
+    def fatal(self, exc, path: str) -> PreheatError:
+        source = self.snapshot.source
+        return self.client.status_error(exc, source.repo, source.commit, path)
+
+    def gave_up(self, path: str, attempts: int, exc: Exception) -> PreheatError:
+        reason = self.client.scrub(str(exc)) or type(exc).__name__
+        return PreheatError(f"download of {path} failed after {attempts} attempts: {reason}")
 
 
 def make_fetcher(*, token_key: str = "HF_TOKEN") -> HfFetcher:
@@ -336,15 +240,57 @@ def make_fetcher(*, token_key: str = "HF_TOKEN") -> HfFetcher:
 def find_token(key: str) -> str | None:
     """The token from the environment variable named `key`.
 
-    Only for the default key (`HF_TOKEN`) do the usual Hugging Face sources
-    (the token file under HF_HOME) count too: a custom key names one secret
-    and nothing else, so two credentials never get mixed up.
+    Only for the default key (`HF_TOKEN`) do the usual Hugging Face sources count
+    too, as huggingface_hub finds them: `HUGGING_FACE_HUB_TOKEN`, then the token
+    file (`HF_TOKEN_PATH`, else `HF_HOME/token`). A custom key names one secret and
+    nothing else, so two credentials never get mixed up. Where huggingface_hub
+    would do more than read that file (a token exchange with `HF_OIDC_RESOURCE`, an
+    OAuth login it refreshes, Colab's secrets), it is asked.
     """
     value = os.environ.get(key)
-    if value:
+    if value and value.strip():
         return value.strip()
     if key != "HF_TOKEN":
         return None
+    legacy = _clean(os.environ.get("HUGGING_FACE_HUB_TOKEN"))
+    if os.environ.get("HF_OIDC_RESOURCE") or "google.colab" in sys.modules:
+        return _hub_token()
+    if legacy:
+        return legacy
+    path = _token_path()
+    try:
+        token = _clean(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return _hub_token()
+    if token and _refreshable(path.parent / "stored_tokens"):
+        return _hub_token()
+    return token
+
+
+def _clean(token: str | None) -> str | None:
+    if token is None:
+        return None
+    return token.replace("\r", "").replace("\n", "").strip() or None
+
+
+def _token_path() -> Path:
+    expand = lambda p: Path(os.path.expandvars(os.path.expanduser(p)))  # noqa: E731
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
+    return expand(os.environ.get("HF_TOKEN_PATH") or os.path.join(expand(home), "token"))
+
+
+def _refreshable(stored: Path) -> bool:
+    """Whether huggingface_hub keeps an OAuth refresh token beside the token file."""
+    try:
+        return "refresh_token" in stored.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _hub_token() -> str | None:
     from huggingface_hub import get_token
 
     return get_token()

@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from preheat.cli import artifacts, gc, plugins, prefetch, resolve, runs
-from preheat.cli.options import Command
+from preheat.cli import artifacts, cache, gc, plugins, prefetch, resolve, runs, serve
+from preheat.cli.options import Command, RootGroup
 
 EXIT_CODES = """\b
 Exit codes:
@@ -20,6 +20,7 @@ Set PREHEAT_DEBUG=1 to see the traceback of a failure."""
 
 app = typer.Typer(
     name="preheat",
+    cls=RootGroup,
     rich_markup_mode=None,
     help="Prepare large language models for serving before the server starts.",
     epilog=EXIT_CODES,
@@ -30,7 +31,9 @@ app = typer.Typer(
 app.add_typer(prefetch.app, name="prefetch")
 app.add_typer(runs.app, name="runs")
 app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(cache.app, name="cache")
 app.command("resolve", cls=Command)(resolve.resolve)
+app.command("serve", cls=Command)(serve.serve)
 app.command("plugins", cls=Command)(plugins.plugins)
 app.command("gc", cls=Command)(gc.gc)
 
@@ -62,7 +65,6 @@ def _mount_plugin_commands() -> None:
 def main() -> None:
     """Run the CLI: PreheatError becomes one line on stderr; PREHEAT_DEBUG=1 shows the traceback."""
     from preheat.errors import PreheatError
-    from preheat.redact import redact
 
     debug = os.environ.get("PREHEAT_DEBUG", "") not in ("", "0")
     try:
@@ -74,6 +76,8 @@ def main() -> None:
     except PreheatError as exc:
         if debug:
             raise
+        from preheat.redact import redact
+
         sys.stderr.write(f"error: {redact(str(exc))}\n")
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
@@ -87,6 +91,8 @@ def main() -> None:
     except Exception as exc:
         if debug:
             raise
+        from preheat.redact import redact
+
         name = type(exc).__name__
         if name in (
             "UsageError",
