@@ -1,9 +1,12 @@
 """The CPU path: every rank's safetensors files, streamed from the stored unsharded artifact.
 
 Side files (config, tokenizer, ...) are copied as they are, config.json with
-the requested dtype; rank tensors are read one at a time by `pread` (local
-store) or range reads (remote store) and written part by part, ranks in
-parallel, with memory bounded by one block per rank.
+the requested dtype; rank tensors are read by `pread` (local store) or range
+reads (remote store) and written part by part, every rank on its own thread
+(so the write callback hashes the ranks' files in parallel). Each source byte
+is read once: a rank reads the rows only it holds, and what several ranks
+need (column-sliced tensors, replicated rows) is read once for all of them
+(`stream.SharedReads`). Memory stays bounded by a few blocks per rank.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from preheat.api import FileEntry, ModelView, SourceArtifact
 from . import writer
 from .dtypes import NUMPY, normalize_dtype
 from .layout import EngineLayout, TPJob
-from .plan import plan_rank
+from .plan import OutputTensor, plan_rank
 from .refusals import source_index
 from .shape import ModelShape
-from .stream import TensorSource, tensor_chunks
+from .stream import Aborted, SharedReads, TensorSource, tensor_chunks
 
 WEIGHT_SUFFIXES = (
     ".safetensors",
@@ -39,7 +42,6 @@ WEIGHT_SUFFIXES = (
 )
 STALE = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 DTYPE_CONFIG = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-MAX_RANK_THREADS = 4
 
 Write = Callable[[str, Any], FileEntry]
 Progress = Callable[[int], None]
@@ -50,17 +52,16 @@ def copied(path: str) -> bool:
     return "/" not in path and not path.endswith(WEIGHT_SUFFIXES) and path not in STALE
 
 
-def rank_entries(
+def rank_plan(
     layout: EngineLayout,
     shape: ModelShape,
     job: TPJob,
     rank: int,
     index: Mapping[str, tuple[str, tuple[int, ...]]],
-    source: TensorSource | None,
-) -> list[writer.Entry]:
-    """Rank `rank`'s tensors and buffers; with no `source`, entries describe shapes only."""
+) -> list[OutputTensor]:
+    """Rank `rank`'s planned tensors under the engine's layout and the job's dtype."""
     dtype = None if job.dtype == "auto" else normalize_dtype(job.dtype)
-    tensors = plan_rank(
+    return plan_rank(
         shape,
         job.tp,
         rank,
@@ -70,12 +71,33 @@ def rank_entries(
         tied_keep=layout.tied_keep,
         dtype=dtype,
     )
+
+
+def rank_entries(
+    layout: EngineLayout,
+    shape: ModelShape,
+    job: TPJob,
+    rank: int,
+    index: Mapping[str, tuple[str, tuple[int, ...]]],
+    source: TensorSource | None,
+    *,
+    tensors: list[OutputTensor] | None = None,
+    shared: SharedReads | None = None,
+) -> list[writer.Entry]:
+    """Rank `rank`'s tensors and buffers; with no `source`, entries describe shapes only.
+
+    `tensors` is the rank's plan when already made; `shared` reads the
+    column-sliced sources once for every rank (then each rank's entries must
+    be streamed on their own thread, all ranks at once).
+    """
+    if tensors is None:
+        tensors = rank_plan(layout, shape, job, rank, index)
     entries = [
         writer.Entry(
             t.name,
             t.dtype,
             t.shape,
-            (lambda t=t: tensor_chunks(t, source)) if source else tuple,
+            (lambda t=t: tensor_chunks(t, source, shared=shared, rank=rank)) if source else tuple,
         )
         for t in tensors
     ]
@@ -139,7 +161,14 @@ def copy_side_files(
 def write_ranks(
     layout: EngineLayout, source: SourceArtifact, job: TPJob, write: Write, progress: Progress
 ) -> list[FileEntry]:
-    """Write every rank's part files (named by `job.file_pattern`, split at `job.max_file_size`)."""
+    """Write every rank's part files (named by `job.file_pattern`, split at `job.max_file_size`).
+
+    One thread per rank writes that rank's parts in order, so `write` runs
+    (and hashes) on `job.tp` threads at once, and what several ranks need
+    (column-sliced tensors, replicated rows) is read once for all of them.
+    The ranks advance together: `write` must consume its chunks as it gets
+    them and never wait for another of its calls to finish.
+    """
     shape = ModelShape.from_config(json.loads(source.read("config.json")))
     located = {}
     for path, head in source.headers().items():
@@ -150,28 +179,38 @@ def write_ranks(
         for head in source.headers().values()
         for name, h in head.tensors.items()
     }
-    tensors = TensorSource(located.__getitem__, source.local_path, source.read_range)
+    reader = TensorSource(located.__getitem__, source.local_path, source.read_range)
+    plans = {rank: rank_plan(layout, shape, job, rank, index) for rank in range(job.tp)}
+    shared = SharedReads(reader, plans)
 
     def one_rank(rank: int) -> list[FileEntry]:
-        entries = rank_entries(layout, shape, job, rank, index, tensors)
-        out = []
-        for part, group in enumerate(writer.split_parts(entries, job.max_file_size)):
-            name = job.file_pattern.format(rank=rank, part=part)
+        try:
+            entries = rank_entries(
+                layout, shape, job, rank, index, reader, tensors=plans[rank], shared=shared
+            )
+            out = []
+            for part, group in enumerate(writer.split_parts(entries, job.max_file_size)):
+                name = job.file_pattern.format(rank=rank, part=part)
 
-            def counted(group=group):
-                for chunk in writer.chunks(group):
-                    yield chunk
-                    progress(len(chunk))
+                def counted(group=group):
+                    for chunk in writer.chunks(group):
+                        yield chunk
+                        progress(len(chunk))
 
-            out.append(write(name, counted()))
-        return out
+                out.append(write(name, counted()))
+            shared.finished(rank)
+            return out
+        except BaseException:
+            shared.abort()  # the other ranks stop instead of waiting on this one
+            raise
 
-    files: list[FileEntry] = []
-    workers = max(1, min(job.tp, MAX_RANK_THREADS))
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preheat-shard") as pool:
-            for rank_files in pool.map(one_rank, range(job.tp)):
-                files.extend(rank_files)
+        with ThreadPoolExecutor(max_workers=job.tp, thread_name_prefix="preheat-shard") as pool:
+            futures = [pool.submit(one_rank, rank) for rank in range(job.tp)]
+            errors = [f.exception() for f in futures]
     finally:
-        tensors.close()
-    return files
+        reader.close()
+    # the first real failure, not another rank's `Aborted` that it caused
+    for error in sorted((e for e in errors if e), key=lambda e: isinstance(e, Aborted)):
+        raise error
+    return [entry for f in futures for entry in f.result()]

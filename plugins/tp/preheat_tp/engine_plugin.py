@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from preheat.api import Resolver, Sharder, hookimpl
+from preheat.api import hookimpl
+
+if TYPE_CHECKING:
+    from preheat.api import Resolver, Sharder
 
 
 def load(ref: str) -> Any:
