@@ -5,10 +5,13 @@ A loopback hub serves a generated Llama-shaped bf16 model (8 files). Contenders:
 - preheat: `preheat prefetch hf-model REPO --wait` into a fresh local store (start-up included);
 - snapshot+copy: `huggingface_hub.snapshot_download(local_dir=..., max_workers=8)`, then a copy into a
   store directory (the usual script);
-- floor: 8 threads GETting each file straight to disk (no verification).
+- floor: a standalone program doing only what a verified prefetch must: 8 threads, each
+  GETting a file with `readinto` a reused buffer, hashing it with sha256, writing it and
+  fsyncing it (no retries, no resume, no store, no records).
 
-Each contender runs as its own process; peak RSS is its maximum resident set
-(summed over its process tree, sampled every 10 ms).
+Each contender runs as its own process, in alternation; peak RSS is its maximum resident
+set (summed over its process tree, sampled every 10 ms); CPU seconds are the process
+tree's user + system time.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,19 +44,34 @@ shutil.copytree(src, sys.argv[3], ignore=shutil.ignore_patterns(".cache"))
 """
 
 FLOOR = """
-import json, shutil, sys, urllib.request
+import hashlib, json, os, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 endpoint, repo, dest, files = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 def get(path):
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    digest = hashlib.sha256()
     with urllib.request.urlopen(f"{endpoint}/{repo}/resolve/main/{path}") as r, open(f"{dest}/{path}", "wb") as f:
-        shutil.copyfileobj(r, f, 1 << 20)
+        while n := r.readinto(buf):
+            digest.update(view[:n])
+            f.write(view[:n])
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
 with ThreadPoolExecutor(8) as pool:
     list(pool.map(get, files))
 """
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds of one command and the peak summed RSS of its process tree (sampled every 10 ms)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """Wall seconds of one command, the peak summed RSS of its process tree (sampled every
+    10 ms) and its CPU seconds (user + system, of every process it waited for)."""
+    cpu0 = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(proc.pid)
@@ -67,7 +86,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
-    return elapsed, peak
+    return elapsed, peak, _children_cpu() - cpu0
 
 
 def model_dir(cache: Path, size: int) -> tuple[Path, dict[str, str]]:
@@ -92,6 +111,7 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
     )
     times: dict[str, list[float]] = {"preheat": [], "snapshot_copy": [], "floor": []}
     rss: dict[str, list[int]] = {k: [] for k in times}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     for rep in range(reps):
         for name in times:
             d = work / f"{name}-{rep}"
@@ -131,14 +151,18 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
                     str(d),
                     json.dumps(sorted(files)),
                 ]
-            t, peak = timed(cmd, run_env)
+            t, peak, used = timed(cmd, run_env)
             times[name].append(t)
             rss[name].append(peak)
+            cpu[name].append(used)
             shutil.rmtree(d, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    total = sum(p.stat().st_size for p in files.values())
     return {
-        "bytes": sum(p.stat().st_size for p in files.values()),
+        "bytes": total,
         "seconds": med,
+        "all_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+        "cpu_seconds_per_gib": {k: statistics.median(v) / (total / GiB) for k, v in cpu.items()},
         "peak_rss_mib": {k: max(v) / (1 << 20) for k, v in rss.items()},
         "speedup_vs_snapshot_copy": med["snapshot_copy"] / med["preheat"],
         "ratio_to_floor": med["preheat"] / med["floor"],

@@ -10,7 +10,7 @@ process; peak RSS is the maximum of its process tree's summed resident set (samp
   `obstore.put` of every file into the bucket (one `S3Store`, one file after another).
   preheat must stream hub -> S3 without touching local disk.
 - resolve: `preheat resolve NAME --store s3://... --to DIR` (sha256-verified) against 8
-  threads doing plain `obstore.get` of the same objects into DIR.
+  threads doing `obstore.get` of the same objects into DIR, hashing each with sha256.
 
 Usage: python benchmarks/storage.py [--size-gib 1] [--reps 3] [--out results.json]
 """
@@ -72,7 +72,7 @@ for path in sorted(root.rglob("*")):
 PARALLEL_GETS = (
     S3_STORE
     + """
-import json, sys
+import hashlib, json, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import obstore
@@ -81,9 +81,12 @@ store = s3_store(bucket)
 def get(key):
     target = dest / key
     target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     with open(target, "wb") as f:
         for chunk in obstore.get(store, f"{prefix}/{key}").stream(min_chunk_size=8 << 20):
             f.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
 with ThreadPoolExecutor(8) as pool:
     list(pool.map(get, keys))
 """
