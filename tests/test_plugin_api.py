@@ -93,7 +93,7 @@ def test_hooks_document_parameters_and_return_values():
     from preheat import hookspecs
 
     hooks = [n for n in dir(hookspecs) if n.startswith("preheat_register_")]
-    assert len(hooks) == 6
+    assert len(hooks) == 7
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert ":param register:" in doc and ":return:" in doc, name

@@ -84,6 +84,24 @@ def preheat_register_resolvers(register):
 
 
 @hookspec
+def preheat_register_apps(register):
+    """Register app environments: how an engine serves an artifact.
+
+    :param register: call ``register(engine, app_factory)`` per engine.
+        ``app_factory(**fields)`` returns a subclass instance of
+        `preheat.app.AppEnvironment` (the class itself is a valid factory);
+        ``fields`` are its keyword arguments (``model_path``, ``model_id``,
+        ``stream_model``, ``extra_args``, ``scaling``, ``requires_auth``,
+        ``port``, ``host``, ``store``, ``tensor_parallel_size``, ...).
+        ``preheat serve REF --engine NAME`` builds the app this way and runs it
+        with ``preheat.serve``; the class turns a checked plan into the
+        engine's command line (`AppEnvironment.engine_command`). Import the
+        class inside the factory to keep registration cheap.
+    :return: nothing; return values are ignored.
+    """
+
+
+@hookspec
 def preheat_register_executors(register):
     """Register run executors.
 

@@ -22,7 +22,7 @@ from preheat import hookspecs
 from preheat.errors import PreheatError
 
 ENTRY_POINT_GROUP = "preheat"
-KINDS = ("fetchers", "stores", "sharders", "resolvers", "executors", "commands")
+KINDS = ("fetchers", "stores", "sharders", "resolvers", "executors", "commands", "apps")
 
 
 @attrs.frozen

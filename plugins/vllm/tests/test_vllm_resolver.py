@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -14,10 +15,19 @@ from preheat_testing.core import engine_launch
 S3_ENV = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "us-east-1"}
 
 
+def server(model: str, env=os.environ) -> list[str]:
+    """The command prefix that starts vLLM's server on every build (the CPU build included).
+
+    The interpreter is `$PREHEAT_VLLM_PYTHON` where the command was resolved, else `python`.
+    """
+    python = env.get("PREHEAT_VLLM_PYTHON") or "python"
+    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+
+
 def resolve_json(world, ref: str, *extra: str) -> dict:
     data = world.cli("resolve", ref, "--engine", "vllm", "--json", *extra).ok().json
     assert data["engine"] == "vllm"
-    assert data["command"] == ["vllm", "serve", data["model"], *data["args"]]
+    assert data["command"] == [*server(data["model"], world.env), *data["args"]]
     return data
 
 
@@ -34,9 +44,7 @@ def test_sharded_artifact_resolves_to_sharded_state_at_its_tp(world, shard):
     # `latest` of the name is this sharded version when it was the last one published
     plain = world.cli("resolve", ref, "--engine", "vllm").ok()
     assert plain.stdout.splitlines()[-1].split() == [
-        "vllm",
-        "serve",
-        str(s.directory),
+        *server(str(s.directory), world.env),
         *data["args"],
     ]
 
@@ -105,7 +113,7 @@ def test_dtype_and_max_model_len_are_passed_on(world, shard):
 def test_remote_sharded_artifact_streams_with_runai_streamer_sharded(world, shard, uri):
     s = shard("llama_gqa", 2)
     got = launch(world, s.manifest, Location(uri=uri, path=None, env=dict(S3_ENV)))
-    assert got.model == uri
+    assert got.model == uri and list(got.command) == server(uri, world.env)
     assert list(got.args) == [
         "--load-format", "runai_streamer_sharded", "--tensor-parallel-size", "2",
     ]  # fmt: skip
