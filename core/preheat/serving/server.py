@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import os
 import secrets
-import socket
 import subprocess
-import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -19,203 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 from preheat.errors import PreheatError
 from preheat.redact import register_secret
-from preheat.serving.process import EngineFailed, EngineProcess
+from preheat.serving.engine_slot import EngineSlot
+from preheat.serving.preflight import (
+    check_engine_installed,
+    engine_log_path,
+    port_free,
+    write_key_file,
+)
+from preheat.serving.process import EngineFailed
+from preheat.serving.reporter import Reporter
 from preheat.serving.spec import ServePlan
 
 if TYPE_CHECKING:
     from preheat.app import AppEnvironment
 
-_PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+__all__ = ["EngineSlot", "Reporter", "Server", "check_engine_installed", "serve", "write_key_file"]
+
 _LIVE: weakref.WeakSet[Server] = weakref.WeakSet()
-
-
-class Reporter:
-    """Progress for people on stderr: notes, and a waiting line (redrawn on a terminal)."""
-
-    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
-        self.quiet = quiet
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last = 0.0
-        self._open = False
-        self._lock = threading.Lock()
-
-    def _write(self, text: str) -> None:
-        with contextlib.suppress(Exception):
-            self.stream.write(text)
-            self.stream.flush()
-
-    def note(self, message: str) -> None:
-        if self.quiet:
-            return
-        with self._lock:
-            self._write(("\r\x1b[K" if self._open else "") + message + "\n")
-            self._open = False
-
-    def waiting(self, what: str, elapsed: float, line: str) -> None:
-        if self.quiet:
-            return
-        line = line or "waiting for its health check"
-        now = time.monotonic()
-        with self._lock:
-            if not self._last:
-                self._last = now  # the first line after a few seconds, not at once
-                return
-            if self.tty:
-                if now - self._last < 0.2:
-                    return
-                width = 100
-                with contextlib.suppress(OSError):
-                    width = os.get_terminal_size(self.stream.fileno()).columns - 1
-                text = f"{what} ({elapsed:.0f} s) {line}"[: max(20, width)]
-                self._write("\r\x1b[K" + text)
-                self._open = True
-            else:
-                if now - self._last < 10:
-                    return
-                self._write(f"{what} ({elapsed:.0f} s): {line[:160]}\n")
-            self._last = now
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise PreheatError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return True
-
-
-def check_engine_installed(plan: ServePlan) -> None:
-    """Fail fast, in one line, when the engine's interpreter lacks the engine."""
-    python = plan.command.argv[0]
-    try:
-        done = subprocess.run([python, "-c", _PROBE, plan.module], capture_output=True, timeout=120)
-    except OSError as exc:
-        raise PreheatError(
-            f"cannot run {python} for {plan.engine}: {exc.strerror or exc}"
-            + (f" (check {plan.python_env})" if os.environ.get(plan.python_env) else "")
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise PreheatError(f"{python} did not answer within 120 s: is it a Python?") from None
-    if done.returncode != 0:
-        raise PreheatError(
-            f"{plan.module} is not installed for {python}: {plan.install_hint}, or set "
-            f"{plan.python_env} to an interpreter that has it"
-        )
-
-
-def write_key_file(path: str | os.PathLike[str], key: str) -> Path:
-    """Write `key` to `path`, readable by its owner only (mode 0600, also when it existed)."""
-    path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (key + "\n").encode())
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PreheatError(f"cannot write the API key to {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def _log_path(name: str, log_dir: str | os.PathLike[str] | None) -> Path:
-    from preheat.config import preheat_home
-
-    folder = Path(log_dir) if log_dir is not None else preheat_home() / "serve" / "logs"
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return folder / f"{name}-{stamp}-{os.getpid()}.log"
-
-
-class EngineSlot:
-    """The one engine of a served app: started, health-checked, stopped, started again."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.current: EngineProcess | None = None
-        self.starts = 0
-        self.grace = 15.0
-        self._lock = threading.RLock()
-
-    @property
-    def plan(self) -> ServePlan:
-        return self.server.plan
-
-    @property
-    def engine_url(self) -> str:
-        return self.plan.engine_url
-
-    def state(self) -> str:
-        proc = self.current
-        if proc is None:
-            return "stopped"
-        if not proc.alive():
-            return "exited"
-        return "ready" if proc.ready_at is not None else "starting"
-
-    def ready(self) -> bool:
-        return self.state() == "ready"
-
-    def spawn(self) -> EngineProcess:
-        """Start a new engine process (what is left of the previous one is stopped first)."""
-        with self._lock:
-            if self.current is not None:
-                self.current.stop(self.grace)
-            plan = self.plan
-            if not _port_free(plan.engine_host, plan.engine_port):
-                if not plan.proxy:
-                    raise PreheatError(
-                        f"port {plan.engine_port} on {plan.engine_host} is in use: pick another "
-                        "with --port / port="
-                    )
-                plan = self.server.replan()
-            proc = EngineProcess(
-                plan.command.argv,
-                self.server.engine_env(),
-                log_path=self.server.log_path,
-                health_url=plan.engine_url + plan.health_path,
-                name=plan.engine,
-            )
-            proc.start()
-            self.current = proc
-            self.starts += 1
-            return proc
-
-    def start_and_wait(self) -> float:
-        """Start the engine and wait until it is healthy; returns the seconds it took."""
-        proc = self.spawn()
-        what = f"starting {self.plan.engine} for {self.plan.served_model_name}"
-        reporter = self.server.reporter
-        try:
-            took = proc.wait_ready(
-                self.plan.startup_timeout,
-                progress=lambda elapsed, line: reporter.waiting(what, elapsed, line),
-                cancelled=self.server.stopping.is_set,
-            )
-        except EngineFailed as exc:
-            self.server.failure = exc
-            with contextlib.suppress(Exception):
-                proc.stop()
-            raise
-        reporter.note(
-            f"{self.plan.engine} ready in {took:.1f} s (pid {proc.pid}, log: {self.server.log_path})"
-        )
-        return took
-
-    def stop(self) -> None:
-        with self._lock:
-            if self.current is not None:
-                self.current.stop(self.grace)
-
-    def forget(self) -> None:
-        with self._lock:
-            self.current = None
 
 
 class Server:
@@ -239,7 +55,7 @@ class Server:
         self.reporter = reporter
         self.api_key: str | None = None
         self.api_key_file: Path | None = None
-        self.log_path = _log_path(plan.app_name, log_dir)
+        self.log_path = engine_log_path(plan.app_name, log_dir)
         self.slot = EngineSlot(self)
         self.proxy = None
         self.failure: EngineFailed | None = None
@@ -306,7 +122,7 @@ class Server:
 
     def _start(self, *, wait: bool, api_key_file: str | os.PathLike[str] | None) -> None:
         plan = self.plan
-        if not _port_free(plan.host, plan.port):
+        if not port_free(plan.host, plan.port):
             raise PreheatError(
                 f"port {plan.port} on {plan.host} is in use: pick another with --port / port="
             )

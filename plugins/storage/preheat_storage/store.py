@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import obstore
-from obstore import exceptions as oe
 
 from preheat.api import (
     NotFound,
@@ -22,6 +21,7 @@ from preheat.api import (
     register_secret,
 )
 from preheat_storage.backend import NOT_FOUND, build_backend, object_etag
+from preheat_storage.conditional import put_mode
 from preheat_storage.errors import (
     ErrorContext,
     Scrubber,
@@ -29,7 +29,9 @@ from preheat_storage.errors import (
     is_bucket_missing,
     is_range_error,
 )
+from preheat_storage.loader_env import streaming_env
 from preheat_storage.reader import read_chunks
+from preheat_storage.s3_extras import abort_stale_uploads, s3_client
 from preheat_storage.settings import resolve
 from preheat_storage.urls import StoreURL, parse_url
 from preheat_storage.writer import MultipartWriter
@@ -278,28 +280,7 @@ class ObstoreStore(Store):
 
     def _conditional_mode(self, key: str, if_absent: bool, if_match: str | None) -> Any:
         """The obstore put mode; with `conditional_writes = false`, a best-effort check first."""
-        needs_head = not self.settings.conditional_writes or (
-            if_match is not None and self._u.kind == "gcs"
-        )
-        current = self._head_meta(key) if needs_head else None
-        if needs_head:
-            if if_absent and current is not None:
-                raise PreconditionFailed(self._scrub(f"{self.uri(key)} already exists"))
-            if if_match is not None and (
-                current is None or object_etag(current, self._u.kind) != if_match
-            ):
-                raise PreconditionFailed(
-                    self._scrub(
-                        f"{self.uri(key)} changed or is missing (its etag no longer matches)"
-                    )
-                )
-        if not self.settings.conditional_writes:
-            return "overwrite"
-        if if_absent:
-            return "create"
-        if self._u.kind == "gcs":  # GCS conditions on the generation, which HEAD just gave us
-            return {"e_tag": if_match, "version": current.get("version") if current else None}
-        return {"e_tag": if_match}
+        return put_mode(self, key, if_absent, if_match)
 
     def open_writer(self, key: str, *, resume: bool = False) -> ObjectWriter:
         # Remote stores keep no partial bytes between processes: a resumed write starts over.
@@ -353,22 +334,7 @@ class ObstoreStore(Store):
 
     def _s3api(self, timeout: float = 10.0):
         """The minimal signed S3 client for the calls obstore lacks, or None without static keys."""
-        creds = self.settings.credentials
-        if creds is None and self.settings.credential_provider is not None:
-            got = self.settings.credential_provider()
-            creds = (got["access_key_id"], got["secret_access_key"], got.get("token"))
-        if creds is None:
-            return None
-        from preheat_storage.s3api import S3Api
-
-        return S3Api(
-            self.settings.endpoint,
-            self._u.bucket,
-            self.settings.region or "us-east-1",
-            creds,
-            virtual_hosted=self.settings.virtual_hosted,
-            timeout=timeout,
-        )
+        return s3_client(self.settings, self._u.bucket, timeout)
 
     def delete(self, key: str) -> None:
         try:
@@ -399,27 +365,7 @@ class ObstoreStore(Store):
 
         Credentials stay out: the engine's environment must provide its own.
         """
-        s = self.settings
-        env: dict[str, str] = {}
-        if self._u.kind == "s3":
-            env = {
-                "AWS_REGION": s.region or "us-east-1",
-                "AWS_DEFAULT_REGION": s.region or "us-east-1",
-            }
-            if s.custom_endpoint:
-                env["AWS_ENDPOINT_URL"] = s.endpoint
-                # runai-model-streamer (vLLM's and SGLang's S3 loader) defaults to virtual hosts.
-                env["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] = "1" if s.virtual_hosted else "0"
-            if s.profile and s.profile != "default":
-                env["AWS_PROFILE"] = s.profile
-        elif self._u.kind == "azure":
-            if s.account:
-                env["AZURE_STORAGE_ACCOUNT_NAME"] = s.account
-            if s.custom_endpoint:
-                env["AZURE_STORAGE_ENDPOINT"] = s.endpoint
-        elif self._u.kind == "gcs" and s.custom_endpoint:
-            env["GOOGLE_BASE_URL"] = s.endpoint
-        return {k: self._scrub(v) for k, v in env.items()}
+        return streaming_env(self.settings, self._u.kind, self._scrub)
 
     @property
     def gc_after(self) -> float:  # type: ignore[override]
@@ -438,29 +384,8 @@ class ObstoreStore(Store):
         if api is None:
             log.warning("gc of %s skipped: aborting uploads needs static S3 credentials", self.url)
             return 0
-        from preheat_storage.s3api import S3Error
-
         age = self.settings.gc_after if older_than is None else older_than
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
-        prefix = f"{self._u.prefix}/" if self._u.prefix else ""
-        count = 0
-        try:
-            for upload in list(api.list_uploads(prefix)):
-                if upload.initiated <= cutoff:
-                    api.abort(upload.key, upload.upload_id)
-                    count += 1
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
-                raise self._errors.bucket_missing(self._u.bucket) from None
-            if exc.status in (401, 403):
-                raise self._errors.translate(
-                    oe.PermissionDeniedError(f"<Code>{exc.code}</Code>"),
-                    "gc",
-                    self.url,
-                    self._u.bucket,
-                ) from None
-            raise StoreError(self._scrub(f"gc of {self.url} failed: {exc}")) from None
-        return count
+        return abort_stale_uploads(self, api, age)
 
     def close(self) -> None:
         with self._lock:
