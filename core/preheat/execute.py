@@ -16,7 +16,9 @@ class Executor(abc.ABC):
 
     Made by the registered factory in the process that submits, waits on or
     cancels a run (not necessarily the one that submitted it: any machine
-    sharing the store may call `alive` and `cancel`).
+    sharing the store may call `alive` and `cancel`). The user's options for
+    the executor (`--executor-option KEY=VALUE`, e.g. a cluster address) are
+    in `record.executor_options`, saved with the run, never secrets.
     """
 
     @abc.abstractmethod
@@ -27,8 +29,8 @@ class Executor(abc.ABC):
         calls `preheat.api.execute_run`), which keeps the record up to date.
 
         :returns: `record` with `pid` / `host` set where they mean something.
-        :raises PreheatError: the run could not be started (the record stays
-            queued; the message says why).
+        :raises PreheatError: the run could not be started (the record is saved
+            as failed with the message, which says why).
         """
 
     @abc.abstractmethod

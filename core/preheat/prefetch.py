@@ -3,6 +3,7 @@ and the shard-argument classes of installed plugins."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def model(
     model_type: str | None = None,
     short_description: str | None = None,
     store: str | None = None,
-    executor: str = "local",
+    executor: str | None = None,
+    executor_options: dict[str, str] | None = None,
 ) -> Run:
     """Start prefetching a model repository from any installed source; returns the run at once.
 
@@ -50,6 +52,10 @@ def model(
     :param source: the fetcher plugin to fetch from (`preheat plugins` lists them);
         the built-in one is `hf`, the Hugging Face Hub.
     :param hf_token_key: the environment variable holding the source's credentials.
+    :param executor: where the run executes (`preheat plugins` lists the executors);
+        default `$PREHEAT_EXECUTOR`, else `local`.
+    :param executor_options: options for that executor (e.g. `{"address": ...}` for a
+        cluster); saved in the run record, so never a secret.
 
     The other parameters are those of `hf_model`. Everything is validated before the run
     starts: the source's fetcher checks `repo` (an unknown source, a bad repository
@@ -82,7 +88,12 @@ def model(
         ),
         source=source,
     )
-    return submit(request, store=store, executor=executor)
+    return submit(
+        request,
+        store=store,
+        executor=executor or os.environ.get("PREHEAT_EXECUTOR") or "local",
+        executor_options=executor_options,
+    )
 
 
 def hf_model(
@@ -106,7 +117,8 @@ def hf_model(
     short_description: str | None = None,
     *,
     store: str | None = None,
-    executor: str = "local",
+    executor: str | None = None,
+    executor_options: dict[str, str] | None = None,
 ) -> Run:
     """Start prefetching a Hugging Face model repository into the store; returns the run at once.
 
@@ -136,6 +148,7 @@ def hf_model(
         short_description=short_description,
         store=store,
         executor=executor,
+        executor_options=executor_options,
     )
 
 

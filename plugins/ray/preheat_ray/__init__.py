@@ -1,0 +1,1 @@
+"""The `ray` executor for preheat: runs as Ray jobs, file transfers fanned out over the nodes."""
