@@ -68,9 +68,14 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
-    """Wall seconds of one command, the peak summed RSS of its process tree (sampled every
-    10 ms) and its CPU seconds (user + system, of every process it waited for)."""
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds of one command and the peak summed RSS of its process tree (sampled every 10 ms)."""
+    elapsed, peak, _ = measured(cmd, env)
+    return elapsed, peak
+
+
+def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """`timed`, plus the command's CPU seconds (user + system of every process it waited for)."""
     cpu0 = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -151,7 +156,7 @@ def bench_size(hub: HubServer, cache: Path, size: int, reps: int, work: Path) ->
                     str(d),
                     json.dumps(sorted(files)),
                 ]
-            t, peak, used = timed(cmd, run_env)
+            t, peak, used = measured(cmd, run_env)
             times[name].append(t)
             rss[name].append(peak)
             cpu[name].append(used)

@@ -233,7 +233,7 @@ def prefetch(
     With `wait` and an executor other than `local`, the run is submitted to it and
     waited for.
     """
-    from preheat.cli.output import Bars, fail_run, note, print_json, want_bars
+    from preheat.cli.output import Bars, note, print_json, want_bars
     from preheat.models import PrefetchRequest, Resources
     from preheat.runs import new_run, submit
     from preheat.shard_config import ShardRequest
@@ -266,15 +266,7 @@ def prefetch(
     if not wait or executor != "local":
         run = submit(request, store=store, executor=executor, executor_options=options)
         if wait:
-            record = run.wait().record
-            summary = run_summary(record, run.catalog)
-            if as_json:
-                print_json(summary)
-            elif record.status == "succeeded":
-                note(f"{'reused' if record.reused else 'published'} {record.artifact}", quiet)
-                print(summary["artifact"]["path"])
-            if record.status != "succeeded":
-                fail_run(record)
+            report(run.wait().record, run.catalog, as_json, quiet)
             return
         if as_json:
             print_json(run_summary(run.catalog.run(run.name), run.catalog))
@@ -296,7 +288,14 @@ def prefetch(
             record = execute(run.store_url, run.name, progress=bars, **here)
     else:
         record = execute(run.store_url, run.name, **here)
-    summary = run_summary(record, run.catalog)
+    report(record, run.catalog, as_json, quiet)
+
+
+def report(record, catalog, as_json: bool, quiet: bool) -> None:
+    """Print a finished run as `--wait` does: its summary (JSON, or the artifact path), or fail."""
+    from preheat.cli.output import fail_run, note, print_json
+
+    summary = run_summary(record, catalog)
     if as_json:
         print_json(summary)
     elif record.status == "succeeded":
