@@ -61,21 +61,24 @@ class MultipartWriter(ObjectWriter):
     def write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise PreheatError(f"write to {self._store.uri(self._key)} after commit or abort")
-        if not isinstance(data, bytes):
-            # obstore keeps a zero-copy view until the part is uploaded; callers reuse buffers.
-            data = bytes(data)
+        part = self._store.settings.part_size
+        view = memoryview(data)
         try:
-            if self._file is not None:
-                self._file.write(data)
-            else:
-                self._pending.append(data)
-                self._pending_size += len(data)
-                if self._pending_size >= self._store.settings.part_size:
-                    self._start()
+            # slices of at most one part, so a large write never makes a larger part in flight
+            for start in range(0, len(view), part):
+                # obstore keeps a zero-copy view until the part is uploaded; callers reuse buffers
+                piece = bytes(view[start : start + part])
+                if self._file is not None:
+                    self._file.write(piece)
+                else:
+                    self._pending.append(piece)
+                    self._pending_size += len(piece)
+                    if self._pending_size >= part:
+                        self._start()
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise self._error(exc) from None
-        self._size += len(data)
+        self._size += len(view)
 
     def commit(self) -> ObjectInfo:
         if self._closed:
