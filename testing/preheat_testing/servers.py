@@ -18,6 +18,7 @@ A missing binary raises `ServerUnavailable`, so tests can skip with its message.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -302,10 +303,17 @@ def azurite_binary(install: bool = True) -> str:
     prefix.mkdir(parents=True, exist_ok=True)
     command = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund"]
     command += ["--fetch-retries=1", "--fetch-timeout=30000", "azurite"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired:
-        raise ServerUnavailable("`npm install azurite` timed out (no registry access?)") from None
+    # test workers start at once: one installs while the others wait, then all use its result
+    with open(prefix / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists():
+            return str(binary)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            raise ServerUnavailable(
+                "`npm install azurite` timed out (no registry access?)"
+            ) from None
     if result.returncode != 0 or not binary.exists():
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
         raise ServerUnavailable(f"`npm install azurite` failed: {detail[0]}")

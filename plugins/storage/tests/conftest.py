@@ -55,7 +55,7 @@ class _Servers:
         found = self.started[name]
         if isinstance(found, tuple):
             unavailable, reason = found
-            if unavailable:
+            if unavailable and os.environ.get("PREHEAT_REQUIRE_SERVERS") != "1":
                 pytest.skip(f"{name} unavailable: {reason}")
             pytest.fail(f"{name} did not start: {reason}")
         return found
