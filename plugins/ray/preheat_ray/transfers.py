@@ -229,7 +229,7 @@ class RayTransfers(TransferPool):
             log.info("%s is set on no node: fetching without a token", job.token_key)
         if job.resources.ephemeral_storage:
             need = parse_quantity(job.resources.ephemeral_storage, "ephemeral_storage")
-            short = [p for p in probes if p.disk_free < need]
+            short = sorted((p for p in probes if p.disk_free < need), key=lambda p: p.node)
             if short:
                 offered = "; ".join(f"{p.node}: {human_bytes(p.disk_free)} free" for p in short)
                 raise PreheatError(

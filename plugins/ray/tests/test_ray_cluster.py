@@ -207,7 +207,7 @@ def test_ephemeral_storage_is_checked_against_what_the_nodes_report(cluster, s3,
     args = ray_args(cluster, url(s3, "disk"), "--ephemeral-storage", "1000Ti", "--wait")
     line = a.cli("prefetch", "hf-model", SLOW, *args).error_line()
     assert "ephemeral_storage 1000Ti is more than Ray node(s) offer (127.0.0.2: " in line
-    assert "free" in line
+    assert "; 127.0.0.3: " in line and "free" in line
 
 
 def test_an_unreachable_cluster_fails_fast_with_one_line(s3, machine, repos):
