@@ -23,6 +23,7 @@ import yaml
 
 from preheat.errors import PreheatError
 from preheat_testing import models
+from preheat_testing.refusals import cli_refusal, refused
 from preheat_testing.sharding import ENGINES, assert_only_header_reads, n_weight_files
 
 ENGINE_NAMES = ("vllm", "sglang")
@@ -106,30 +107,9 @@ def refuse(world):
     """`refuse(engine, key, files, args, **request_fields)`: run it in-process; its one-line error."""
 
     def run(engine: str, key: str, files: dict[str, bytes], args: dict, **fields) -> str:
-        repo, name = f"{engine}-bad/{key}", f"{engine}-bad-{key}"
-        world.add_repo(repo, files)
-        outcome = world.prefetch(
-            repo, {"engine": engine, "args": with_tp(args, engine)}, artifact_name=name, **fields
-        )
-        error = outcome.record.error or ""
-        assert outcome.record.status == "failed", outcome.record
-        assert error and "\n" not in error and "internal error" not in error, error
-        assert any(r.file == "config.json" for r in outcome.requests), "refused without looking"
-        assert_only_header_reads(outcome.requests, n_weight_files(files))
-        assert world.catalog().versions(name) == [], "something was published"
-        return error
+        return refused(world, engine, key, files, with_tp(args, engine), **fields)
 
     return run
-
-
-def cli_refusal(world, repo: str, yaml_text: str, name: str):
-    """`preheat prefetch hf-model REPO --shard-config FILE --wait`: (error line, hub requests)."""
-    path = world.write_yaml(f"{name}.yaml", yaml_text)
-    mark = world.mark()
-    result = world.cli(
-        "prefetch", "hf-model", repo, "--artifact-name", name, "--shard-config", str(path), "--wait"
-    )
-    return result.error_line(), world.requests_since(mark)
 
 
 # --------------------------------------------------------------------------- shapes and resources

@@ -20,7 +20,9 @@ import yaml
 from preheat.api import PreheatError
 from preheat_sglang import layout
 from preheat_testing import models
-from preheat_testing.sharding import SGLANG, assert_only_header_reads, n_weight_files
+from preheat_testing.refusals import cli_refusal as shared_cli_refusal
+from preheat_testing.refusals import refused
+from preheat_testing.sharding import SGLANG
 
 BASE = "llama_gqa"  # 8 heads, 4 kv heads, intermediate 512, vocab 512
 
@@ -42,30 +44,14 @@ def refuse(world):
     """`refuse(key, files, args, **request_fields)`: run it in-process; return its one-line error."""
 
     def run(key: str, files: dict[str, bytes], args: dict, **fields) -> str:
-        repo, name = f"sglang-bad/{key}", f"sglang-bad-{key}"
-        world.add_repo(repo, files)
-        outcome = world.prefetch(
-            repo, {"engine": "sglang", "args": args}, artifact_name=name, **fields
-        )
-        error = outcome.record.error or ""
-        assert outcome.record.status == "failed", outcome.record
-        assert error and "\n" not in error and "internal error" not in error, error
-        assert any(r.file == "config.json" for r in outcome.requests), "refused without looking"
-        assert_only_header_reads(outcome.requests, n_weight_files(files))
-        assert world.catalog().versions(name) == [], "something was published"
-        return error
+        return refused(world, "sglang", key, files, args, **fields)
 
     return run
 
 
 def cli_refusal(world, repo: str, yaml_text: str, name: str):
     """`preheat prefetch hf-model REPO --shard-config FILE --wait`: (error line, hub requests)."""
-    path = world.write_yaml(f"sglang-{name}.yaml", yaml_text)
-    mark = world.mark()
-    result = world.cli(
-        "prefetch", "hf-model", repo, "--artifact-name", name, "--shard-config", str(path), "--wait"
-    )
-    return result.error_line(), world.requests_since(mark)
+    return shared_cli_refusal(world, repo, yaml_text, name, f"sglang-{name}")
 
 
 # --------------------------------------------------------------------------- tensor-parallel size
