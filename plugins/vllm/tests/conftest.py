@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from preheat_testing.vllm_python import Vllm, vllm_interpreter
+
 # The matrices here are tiny: BLAS threads only add contention on busy machines.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -35,3 +37,9 @@ def shard(world):
     from preheat_testing.sharding import VLLM, shard_getter
 
     return shard_getter(world, VLLM)
+
+
+@pytest.fixture(scope="session")
+def vllm() -> Vllm:
+    """The interpreter that has vLLM, or a skip (a failure under PREHEAT_REQUIRE_CONFORMANCE=1)."""
+    return vllm_interpreter()

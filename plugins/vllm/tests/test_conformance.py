@@ -40,8 +40,6 @@ from preheat_testing.hub import HubServer
 
 pytestmark = pytest.mark.conformance
 
-PYTHON_ENV = "PREHEAT_VLLM_PYTHON"
-REQUIRE_ENV = "PREHEAT_REQUIRE_CONFORMANCE"
 ROUNDTRIP = Path(__file__).resolve().parents[1] / "conformance" / "roundtrip.py"
 DEFAULT_PATTERN = "model-rank-{rank}-part-{part}.safetensors"
 PROMPT = (1, 5, 9, 23, 7)
@@ -93,40 +91,7 @@ CASES = [
 # --------------------------------------------------------------------------- the vLLM interpreter
 
 
-@dataclass(frozen=True)
-class Vllm:
-    python: str
-    version: str
-
-
-@pytest.fixture(scope="session")
-def vllm() -> Vllm:
-    """The interpreter that has vLLM, or a skip (a failure under PREHEAT_REQUIRE_CONFORMANCE=1)."""
-    python = os.environ.get(PYTHON_ENV)
-    problem = None
-    if not python:
-        problem = (
-            f"{PYTHON_ENV} is not set (it names a Python that has vLLM; see `nox -s conformance`)"
-        )
-    else:
-        try:
-            probe = subprocess.run(
-                [python, "-c", "import vllm; print(vllm.__version__)"],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"{PYTHON_ENV}={python} cannot run: {exc}"
-        else:
-            if probe.returncode != 0:
-                tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-                problem = f"{PYTHON_ENV}={python} cannot import vllm: {tail}"
-    if problem:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{problem} ({REQUIRE_ENV}=1)", pytrace=False)
-        pytest.skip(problem)
-    return Vllm(python, probe.stdout.strip().splitlines()[-1])
+# the `vllm` fixture (the interpreter that has vLLM) is in conftest.py
 
 
 @pytest.fixture(scope="session")

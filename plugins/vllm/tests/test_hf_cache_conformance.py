@@ -23,11 +23,10 @@ import pytest
 from preheat_testing import models
 from preheat_testing.cli import run_cli
 from preheat_testing.hub import HubServer
+from preheat_testing.vllm_python import vllm_interpreter
 
 pytestmark = pytest.mark.conformance
 
-PYTHON_ENV = "PREHEAT_VLLM_PYTHON"
-REQUIRE_ENV = "PREHEAT_REQUIRE_CONFORMANCE"
 TIMEOUT_S = 900
 _CLEARED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HOME")
 _ENGINE_CLEARED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -47,26 +46,7 @@ print("TOKENS " + json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
 
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    python = os.environ.get(PYTHON_ENV)
-    problem = None
-    if not python:
-        problem = f"{PYTHON_ENV} is not set (it names a Python that has vLLM)"
-    else:
-        try:
-            probe = subprocess.run(
-                [python, "-c", "import vllm"], capture_output=True, text=True, timeout=300
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"{PYTHON_ENV}={python} cannot run: {exc}"
-        else:
-            if probe.returncode != 0:
-                tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-                problem = f"{PYTHON_ENV}={python} cannot import vllm: {tail}"
-    if problem:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{problem} ({REQUIRE_ENV}=1)", pytrace=False)
-        pytest.skip(problem)
-    return python
+    return vllm_interpreter().python
 
 
 def generate(python: str, model: str, dtype: str, env: dict, log: Path) -> list[int]:

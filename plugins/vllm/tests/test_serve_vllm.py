@@ -37,12 +37,12 @@ from preheat.app import Scaling
 from preheat_testing import models
 from preheat_testing.cli import run_cli
 from preheat_testing.hub import HubServer
+from preheat_testing.vllm_python import PYTHON_ENV, REQUIRE_ENV, vllm_interpreter
 from preheat_vllm import VLLMAppEnvironment
 
 pytestmark = pytest.mark.conformance
 
-PYTHON_ENV = "PREHEAT_VLLM_PYTHON"
-REQUIRE_ENV = "PREHEAT_REQUIRE_CONFORMANCE"
+
 GENERATE = Path(__file__).resolve().parents[1] / "conformance" / "generate.py"
 CASE = "llama_gqa"  # 8 heads, 4 kv heads, head_dim 64: splits over tp=2 on CPU
 PROMPT = [1, 5, 9, 23, 7]
@@ -55,22 +55,7 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    python = os.environ.get(PYTHON_ENV)
-    problem = None
-    if not python:
-        problem = f"{PYTHON_ENV} is not set (a Python that has vLLM; see `nox -s conformance`)"
-    else:
-        probe = subprocess.run(
-            [python, "-c", "import vllm, runai_model_streamer"], capture_output=True, text=True
-        )
-        if probe.returncode != 0:
-            tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-            problem = f"{PYTHON_ENV}={python} cannot import vllm and runai_model_streamer: {tail}"
-    if problem:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{problem} ({REQUIRE_ENV}=1)", pytrace=False)
-        pytest.skip(problem)
-    return python
+    return vllm_interpreter("runai_model_streamer").python
 
 
 def cpu_bind(tp: int) -> str:
