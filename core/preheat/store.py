@@ -14,7 +14,7 @@ to the user as an internal error.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -84,6 +84,23 @@ class ObjectWriter(abc.ABC):
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+@attrs.frozen
+class Span:
+    """One byte range `[start, end)` of an object written in ranges; `index` is its place, from 0."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+MIN_SPAN = 8 << 20
+"""The smallest span a ranged write accepts, but for the last (S3 parts are at least 5 MiB)."""
 
 
 class Store(abc.ABC):
@@ -185,6 +202,39 @@ class Store(abc.ABC):
             writer.abort()
             raise
         return self.head(dst_key) or info
+
+    def begin_ranges(self, key: str, size: int) -> str | None:
+        """Start writing `key` (`size` bytes) as spans that several processes write at once.
+
+        Large files are split across machines this way; a store that cannot
+        take them returns None (the default) and the file is written whole
+        with `open_writer`. Nothing is visible at `key` until `finish_ranges`.
+
+        :returns: the upload's handle (plain text, sent to the writers), or None.
+        """
+        return None
+
+    def write_range(
+        self, key: str, upload: str, span: Span, chunks: Iterable[bytes | memoryview]
+    ) -> None:
+        """Write one span of the upload `upload`, from any process that opened this store.
+
+        :param chunks: exactly `span.size` bytes, in order; their buffers may be
+            reused once each is written.
+        :raises PreheatError: the store refused the write; writing the same span
+            again replaces it.
+        """
+        raise NotImplementedError
+
+    def finish_ranges(self, key: str, upload: str, spans: Sequence[Span]) -> ObjectInfo:
+        """Make `key` from the written `spans` (every span of the object, in order), at once.
+
+        :raises PreheatError: a span is missing or has the wrong size (the upload is kept).
+        """
+        raise NotImplementedError
+
+    def abort_ranges(self, key: str, upload: str) -> None:
+        """Drop an unfinished upload and every span written to it. Must not raise."""
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object under `prefix`; return how many were removed."""

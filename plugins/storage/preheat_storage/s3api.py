@@ -1,9 +1,11 @@
-"""The S3 calls obstore does not expose: ListMultipartUploads, AbortMultipartUpload and a
-multipart copy (UploadPartCopy) for objects over CopyObject's 5 GiB.
+"""The S3 calls obstore does not expose: ListMultipartUploads, AbortMultipartUpload, a
+multipart copy (UploadPartCopy) for objects over CopyObject's 5 GiB, and multipart uploads
+whose id and parts are shared between processes.
 
 Signed with AWS Signature Version 4 using only the standard library, so
-`gc()` can abort the uploads that interrupted writes leave behind and `copy()`
-can copy a large object on the server.
+`gc()` can abort the uploads that interrupted writes leave behind, `copy()`
+can copy a large object on the server and several machines can upload the
+parts of one object.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import hashlib
 import hmac
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_UNSIGNED = "UNSIGNED-PAYLOAD"
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,22 @@ class Upload:
     initiated: dt.datetime
 
 
+@dataclass(frozen=True)
+class Part:
+    """An uploaded part of an open multipart upload."""
+
+    number: int
+    etag: str
+    size: int
+    modified: dt.datetime
+
+
 class S3Error(Exception):
     """A failed S3 API call: HTTP status and S3 error code."""
 
     def __init__(self, status: int | None, code: str, message: str) -> None:
-        super().__init__(
-            f"{code}: {message}" if status is None else f"HTTP {status} {code}: {message}"
-        )
+        text = f"{code}: {message}" if message else code
+        super().__init__(text if status is None else f"HTTP {status} {text}")
         self.status = status
         self.code = code
 
@@ -99,10 +113,7 @@ class S3Api:
         """Copy object `src` to `dst` (bucket-relative keys) on the server, part by part."""
         from concurrent.futures import ThreadPoolExecutor
 
-        root = ElementTree.fromstring(self._request("POST", dst, {"uploads": ""}))
-        upload_id = _text(root, "UploadId")
-        if not upload_id:
-            raise S3Error(None, "InvalidResponse", "CreateMultipartUpload returned no UploadId")
+        upload_id = self.create_upload(dst)
         source = "/" + _quote(f"{self.bucket}/{src}")
         spans = [(n + 1, start, min(start + part_size, size) - 1)
                  for n, start in enumerate(range(0, size, part_size))]  # fmt: skip
@@ -123,24 +134,88 @@ class S3Api:
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 etags = list(pool.map(part, spans))
-            done = "".join(
-                f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
-                for (n, _, _), etag in zip(spans, etags, strict=True)
-            )
-            body = f"<CompleteMultipartUpload>{done}</CompleteMultipartUpload>".encode()
-            _checked(
-                self._request(
-                    "POST",
-                    dst,
-                    {"uploadId": upload_id},
-                    headers={"Content-Type": "application/xml"},
-                    body=body,
-                )
+            self.complete_upload(
+                dst, upload_id, [(n, etag) for (n, _, _), etag in zip(spans, etags, strict=True)]
             )
         except BaseException:
             with contextlib.suppress(S3Error):
                 self.abort(dst, upload_id)
             raise
+
+    def create_upload(self, key: str) -> str:
+        """Start a multipart upload of `key` (CreateMultipartUpload); its UploadId."""
+        upload_id = _text(_checked(self._request("POST", key, {"uploads": ""})), "UploadId")
+        if not upload_id:
+            raise S3Error(None, "InvalidResponse", "CreateMultipartUpload returned no UploadId")
+        return upload_id
+
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        length: int,
+        chunks: Iterable[bytes | memoryview],
+    ) -> str:
+        """Upload part `number` (UploadPart) streamed from `chunks` of `length` bytes; its ETag.
+
+        The body is sent as it comes (UNSIGNED-PAYLOAD), so memory stays bounded; a
+        part uploaded again under the same number replaces the old one.
+        """
+        _, headers = self._call(
+            "PUT",
+            key,
+            {"partNumber": str(number), "uploadId": upload_id},
+            headers={"Content-Length": str(length), "Content-Type": "application/octet-stream"},
+            body=chunks,
+        )
+        return headers.get("ETag", "")
+
+    def list_parts(self, key: str, upload_id: str) -> list[Part]:
+        """Every part uploaded so far to `upload_id` (ListParts), by part number.
+
+        Some servers (SeaweedFS) list each upload of a part number, not just the last.
+        """
+        parts: list[Part] = []
+        marker = ""
+        while True:
+            query = {"uploadId": upload_id}
+            if marker:
+                query["part-number-marker"] = marker
+            root = _checked(self._request("GET", key, query))
+            for item in _children(root, "Part"):
+                parts.append(
+                    Part(
+                        int(_text(item, "PartNumber")),
+                        _text(item, "ETag"),
+                        int(_text(item, "Size") or 0),
+                        _parse_time(_text(item, "LastModified")),
+                    )
+                )
+            marker = _text(root, "NextPartNumberMarker")
+            if _text(root, "IsTruncated").lower() != "true" or not marker:
+                return sorted(parts, key=lambda p: p.number)
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> None:
+        """Make `key` from the (part number, ETag) `parts`, in order (CompleteMultipartUpload).
+
+        A number given with several ETags lets a server that keeps each upload of a part
+        (SeaweedFS) take the newest of them.
+        """
+        done = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+            for n, etag in parts
+        )
+        body = f"<CompleteMultipartUpload>{done}</CompleteMultipartUpload>".encode()
+        _checked(
+            self._request(
+                "POST",
+                key,
+                {"uploadId": upload_id},
+                headers={"Content-Type": "application/xml"},
+                body=body,
+            )
+        )
 
     def _request(
         self,
@@ -151,6 +226,18 @@ class S3Api:
         headers: dict[str, str] | None = None,
         body: bytes = b"",
     ) -> bytes:
+        return self._call(method, key, query, headers=headers, body=body)[0]
+
+    def _call(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str],
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | Iterable[bytes | memoryview] = b"",
+    ) -> tuple[bytes, Message]:
+        """The response body and headers; an iterable `body` is streamed unsigned (give its Content-Length)."""
         if self.virtual_hosted:
             url = f"{self.endpoint}/{_quote(key)}"
         else:
@@ -158,7 +245,10 @@ class S3Api:
         canonical_query = "&".join(
             f"{_quote(k, safe='-_.~')}={_quote(v, safe='-_.~')}" for k, v in sorted(query.items())
         )
-        signed = self._sign(method, url, canonical_query, headers or {}, body)
+        if isinstance(body, bytes):
+            signed = self._sign(method, url, canonical_query, headers or {}, body)
+        else:
+            signed = self._sign(method, url, canonical_query, headers or {}, payload=_UNSIGNED)
         request = urllib.request.Request(
             f"{url}?{canonical_query}",
             data=body if method in ("POST", "PUT") else None,
@@ -167,12 +257,12 @@ class S3Api:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
+                return response.read(), response.headers
         except urllib.error.HTTPError as exc:
-            body = exc.read()
+            error = exc.read()
             code, message = exc.reason, ""
             try:
-                root = ElementTree.fromstring(body)
+                root = ElementTree.fromstring(error)
                 code, message = _text(root, "Code") or code, _text(root, "Message")
             except ElementTree.ParseError:
                 pass
@@ -187,12 +277,16 @@ class S3Api:
         canonical_query: str,
         extra: dict[str, str] | None = None,
         body: bytes = b"",
+        *,
+        payload: str | None = None,
     ) -> dict[str, str]:
+        """The signed headers; `payload` overrides the body's SHA-256 (e.g. UNSIGNED-PAYLOAD)."""
         access_key, secret_key, token = self.credentials
         parts = urlsplit(url)
         now = dt.datetime.now(dt.UTC)
         amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        payload = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
+        if payload is None:
+            payload = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
         headers = {
             **{k.lower(): v for k, v in (extra or {}).items()},
             "host": parts.netloc,

@@ -30,11 +30,12 @@ from preheat_storage.errors import (
     is_range_error,
 )
 from preheat_storage.loader_env import streaming_env
+from preheat_storage.ranges import S3Ranges
 from preheat_storage.reader import read_chunks
 from preheat_storage.s3_extras import abort_stale_uploads, s3_client
 from preheat_storage.settings import resolve
 from preheat_storage.urls import StoreURL, parse_url
-from preheat_storage.writer import MultipartWriter
+from preheat_storage.writer import MultipartWriter, PartBuffers
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,12 @@ _DELETE_BATCH = 1000
 _S3_COPY_MAX = 5 << 30  # the largest object one S3 CopyObject may copy
 
 
-class ObstoreStore(Store):
+class ObstoreStore(S3Ranges, Store):
     """A preheat store at `s3://`, `gs://`, `az://` (`azure://`, `abfs[s]://`) or `memory://` URL.
 
     Keys are relative to the URL's path. Settings come from `options`, then the
     preheat config file, then the cloud's usual environment variables (see
-    `preheat_storage.settings.resolve`).
+    `preheat_storage.settings.resolve`). Ranged writes (`begin_ranges`) come from `S3Ranges`.
     """
 
     def __init__(self, url: str | StoreURL, *, options: Mapping[str, Any] | None = None) -> None:
@@ -70,6 +71,7 @@ class ObstoreStore(Store):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._writers = 0  # open writers, which share `max_concurrency` parts in flight
+        self._parts = PartBuffers(self.settings.part_size, 2 * self.settings.max_concurrency)
         try:
             self._store = build_backend(self.settings)
         except Exception as exc:  # noqa: BLE001 - obstore raises several types here
