@@ -59,7 +59,9 @@ if TYPE_CHECKING:
     )
     from preheat.serving.spec import EngineCommand, EngineOptions, ServePlan
     from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
-    from preheat.store import ObjectInfo, ObjectWriter, Store
+    from preheat.shard_pool import ShardJob, ShardPool, run_shard_part
+    from preheat.span_transfers import fetch_spans, finish_spans, plan_spans, splittable
+    from preheat.store import MIN_SPAN, ObjectInfo, ObjectWriter, Span, Store
     from preheat.transfers import (
         ThreadTransfers,
         Transfer,
@@ -108,7 +110,9 @@ _HOMES = {
     ),
     "preheat.serving.spec": ("EngineCommand", "EngineOptions", "ServePlan"),
     "preheat.shard": ("ModelView", "Sharder", "ShardPlan", "SourceArtifact"),
-    "preheat.store": ("ObjectInfo", "ObjectWriter", "Store"),
+    "preheat.shard_pool": ("ShardJob", "ShardPool", "run_shard_part"),
+    "preheat.span_transfers": ("fetch_spans", "finish_spans", "plan_spans", "splittable"),
+    "preheat.store": ("MIN_SPAN", "ObjectInfo", "ObjectWriter", "Span", "Store"),
     "preheat.transfers": (
         "ThreadTransfers",
         "Transfer",
@@ -149,6 +153,7 @@ __all__ = [
     "Resolver",
     "Sharder",
     "ShardPlan",
+    "ShardPool",
     "Snapshot",
     "SourceArtifact",
     "Store",
@@ -168,8 +173,10 @@ __all__ = [
     "SafetensorsHeader",
     "ServePlan",
     "ServingFacts",
+    "ShardJob",
     "ShardSpec",
     "Source",
+    "Span",
     "TensorInfo",
     "Transfer",
     "TransferJob",
@@ -182,20 +189,26 @@ __all__ = [
     "PreheatError",
     "SourceOffline",
     # helpers
+    "MIN_SPAN",
     "accelerator_info",
     "cached_artifact",
     "check_path",
     "execute_run",
+    "fetch_spans",
+    "finish_spans",
     "human_bytes",
     "materialize",
     "open_store",
     "parse_accelerator",
     "parse_cpu",
     "parse_quantity",
+    "plan_spans",
     "register_secret",
     "request_cancel",
     "resolve_artifact",
+    "run_shard_part",
     "run_transfers",
+    "splittable",
     "use_artifact",
     "worker_command",
 ]
@@ -312,6 +325,7 @@ def execute_run(
     *,
     cancel: threading.Event | None = None,
     transfers: TransferPool | None = None,
+    shards: ShardPool | None = None,
 ) -> RunRecord:
     """Run the pipeline of the run record `run` in this process; returns its final record.
 
@@ -323,7 +337,9 @@ def execute_run(
         (default: `ThreadTransfers`, threads of this process); an executor passes
         its own pool to spread them over a cluster. This process keeps the
         lease, the journal, the manifest and the publish.
+    :param shards: where the parts of a shard are written (default: the sharder
+        writes them all in this process); an executor passes its own pool.
     """
     from preheat.runner import execute
 
-    return execute(store_url, run, cancel=cancel, transfers=transfers)
+    return execute(store_url, run, cancel=cancel, transfers=transfers, shards=shards)

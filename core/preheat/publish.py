@@ -222,21 +222,17 @@ class Draft:
 
     def write_stream(self, path: str, chunks: Iterable[bytes | memoryview]) -> FileEntry:
         """Write a file from chunks, hashing as it goes; journal it and return its entry."""
-        digest = hashlib.sha256()
-        size = 0
-        writer = self.open(path)
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            info = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        entry = FileEntry(path=path, size=size, sha256=digest.hexdigest())
-        self.record(entry, self.store.head(self.file_key(path)) or info)
+        from preheat.shard_pool import write_stream
+
+        self.check()
+        entry, info = write_stream(self.store, self.file_key(path), path, chunks)
+        self.record(entry, info)
         return entry
+
+    @property
+    def files_prefix(self) -> str:
+        """The store folder the draft's files are written to until publish."""
+        return self._files
 
     def write_bytes(self, path: str, data: bytes) -> FileEntry:
         """Write a small file whole, journal it and return its entry."""

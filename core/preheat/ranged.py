@@ -70,6 +70,17 @@ def _size(text: str | None, default: int) -> int:
     return min(max(value, 64 << 10), 64 * MiB)
 
 
+def connections_from_env() -> int:
+    """`PREHEAT_CONNECTIONS`: requests in flight at once per process (default 8)."""
+    raw = os.environ.get("PREHEAT_CONNECTIONS", "")
+    try:
+        return max(1, int(raw)) if raw.strip() else CONNECTIONS
+    except ValueError:
+        raise PreheatError(
+            f"invalid PREHEAT_CONNECTIONS {raw!r}: use a whole number such as 8"
+        ) from None
+
+
 class Limits:
     """The connection slots, range buffers and helper threads one fetcher shares across files."""
 
@@ -86,14 +97,7 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         """`PREHEAT_CONNECTIONS` and `PREHEAT_RANGE_SIZE` (bytes, or with K/M/G; 64 KiB to 64 MiB)."""
-        raw = os.environ.get("PREHEAT_CONNECTIONS", "")
-        try:
-            connections = int(raw) if raw.strip() else CONNECTIONS
-        except ValueError:
-            raise PreheatError(
-                f"invalid PREHEAT_CONNECTIONS {raw!r}: use a whole number such as 8"
-            ) from None
-        return cls(connections, _size(os.environ.get("PREHEAT_RANGE_SIZE"), RANGE_SIZE))
+        return cls(connections_from_env(), _size(os.environ.get("PREHEAT_RANGE_SIZE"), RANGE_SIZE))
 
     def submit(self, fn: Callable[[], None]) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from preheat.models import RunRecord
 from preheat.pipeline import Pipeline, Progress
 from preheat.redact import RedactingFilter, redact
 from preheat.resources import human_bytes
+from preheat.shard_pool import ShardPool
 from preheat.transfers import TransferPool
 
 log = logging.getLogger("preheat")
@@ -122,12 +123,14 @@ def execute(
     record: RunRecord | None = None,
     catalog: Catalog | None = None,
     transfers: TransferPool | None = None,
+    shards: ShardPool | None = None,
 ) -> RunRecord:
     """Run the pipeline of run record `run` here and return its final record.
 
     A caller that just created the run passes its `record` and `catalog`;
     otherwise (a worker process) both are read from the store. `transfers`
-    moves the files to fetch (default: threads of this process).
+    moves the files to fetch (default: threads of this process), `shards`
+    writes a shard's parts (default: the sharder, here).
     """
     catalog = catalog or Catalog(open_store(store_url))
     record = record or catalog.run(run)
@@ -138,7 +141,9 @@ def execute(
         state.start()
         log.info("run %s started (pid %d)", run, os.getpid())
         started = time.monotonic()
-        pipeline = Pipeline(catalog, run, progress=state, cancel=cancel, transfers=transfers)
+        pipeline = Pipeline(
+            catalog, run, progress=state, cancel=cancel, transfers=transfers, shards=shards
+        )
 
         def tally() -> dict[str, int]:
             ctx = pipeline.ctx

@@ -154,3 +154,35 @@ class Sharder(abc.ABC):
         :raises PreheatError: the shard failed; the version stays invisible
             and a rerun starts it again.
         """
+
+    def parts(self, plan: ShardPlan) -> list[str]:
+        """Names of the independent parts of `plan`'s output, for writing them apart.
+
+        An executor that spreads work (a `ShardPool`) writes each part with
+        `shard_part`, in other processes or machines; together the parts
+        must write exactly the files `shard` writes. Called on the
+        pipeline's thread after `plan`.
+
+        :returns: the part names (e.g. one per rank), or [] (the default)
+            when only `shard` can write the output.
+        """
+        return []
+
+    def shard_part(
+        self,
+        plan: ShardPlan,
+        source: SourceArtifact,
+        part: str,
+        write: Callable[[str, Any], FileEntry],
+        progress: Callable[[int], None],
+    ) -> list[FileEntry]:
+        """Write the files of one part named by `parts`, in any process that sees the store.
+
+        Called on a sharder made fresh from the registry, with a copy of the
+        plan (so `plan.data` must pickle); parameters and errors as for
+        `shard`. A part may be written again after a failure: it rewrites
+        the same files.
+
+        :returns: the entries of the part's files.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not write parts apart")

@@ -31,6 +31,7 @@ from preheat.pipeline.reuse import ReuseIndex
 from preheat.pipeline.sharding import shard_artifact
 from preheat.plugins import lookup
 from preheat.shard import ModelView, ShardPlan
+from preheat.shard_pool import ShardPool
 from preheat.transfers import TransferPool
 
 __all__ = ["Outcome", "Pipeline", "Prepared", "Progress", "prepare", "version_of"]
@@ -55,7 +56,8 @@ class Outcome:
 class Pipeline:
     """One prefetch, run by one process, reporting to `progress` and stopping when `cancel` is set.
 
-    `transfers` moves the files to fetch (default: threads of this process).
+    `transfers` moves the files to fetch (default: threads of this process);
+    `shards` writes the parts of a shard (default: the sharder, in this process).
     """
 
     def __init__(
@@ -66,9 +68,11 @@ class Pipeline:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         transfers: TransferPool | None = None,
+        shards: ShardPool | None = None,
     ) -> None:
         self.catalog = catalog
         self.transfers = transfers
+        self.shards = shards
         self.store = catalog.store
         self.run = run
         self.ctx = Context(run, progress, cancel)
@@ -186,6 +190,17 @@ class Pipeline:
             if plan is None:
                 return Outcome(base, False)
         manifest, reused = shard_artifact(
-            ctx, self.catalog, sharder, plan, base, name, target_version, serving, shard_dict
+            ctx,
+            self.catalog,
+            sharder,
+            plan,
+            base,
+            name,
+            target_version,
+            serving,
+            shard_dict,
+            engine=shard.engine,
+            request_resources=request.resources,
+            pool=self.shards,
         )
         return Outcome(manifest, reused)

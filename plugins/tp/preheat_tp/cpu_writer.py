@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -159,13 +159,20 @@ def copy_side_files(
 
 
 def write_ranks(
-    layout: EngineLayout, source: SourceArtifact, job: TPJob, write: Write, progress: Progress
+    layout: EngineLayout,
+    source: SourceArtifact,
+    job: TPJob,
+    write: Write,
+    progress: Progress,
+    *,
+    ranks: Sequence[int] | None = None,
 ) -> list[FileEntry]:
-    """Write every rank's part files (named by `job.file_pattern`, split at `job.max_file_size`).
+    """Write the part files of `ranks` (default: every rank), named by `job.file_pattern`.
 
-    One thread per rank writes that rank's parts in order, so `write` runs
-    (and hashes) on `job.tp` threads at once, and what several ranks need
-    (column-sliced tensors, replicated rows) is read once for all of them.
+    Files are split at `job.max_file_size`. One thread per rank writes that
+    rank's parts in order, so `write` runs (and hashes) on that many threads
+    at once, and what several of the ranks need (column-sliced tensors,
+    replicated rows) is read once for all of them.
     The ranks advance together: `write` must consume its chunks as it gets
     them and never wait for another of its calls to finish.
     """
@@ -180,7 +187,8 @@ def write_ranks(
         for name, h in head.tensors.items()
     }
     reader = TensorSource(located.__getitem__, source.local_path, source.read_range)
-    plans = {rank: rank_plan(layout, shape, job, rank, index) for rank in range(job.tp)}
+    ranks = list(range(job.tp)) if ranks is None else list(ranks)
+    plans = {rank: rank_plan(layout, shape, job, rank, index) for rank in ranks}
     shared = SharedReads(reader, plans)
 
     def one_rank(rank: int) -> list[FileEntry]:
@@ -205,8 +213,8 @@ def write_ranks(
             raise
 
     try:
-        with ThreadPoolExecutor(max_workers=job.tp, thread_name_prefix="preheat-shard") as pool:
-            futures = [pool.submit(one_rank, rank) for rank in range(job.tp)]
+        with ThreadPoolExecutor(max_workers=len(ranks), thread_name_prefix="preheat-shard") as pool:
+            futures = [pool.submit(one_rank, rank) for rank in ranks]
             errors = [f.exception() for f in futures]
     finally:
         reader.close()

@@ -86,3 +86,29 @@ class TensorParallelSharder(Sharder):
                 raise PreheatError(f"{self.layout.engine} has no engine-backed shard path")
             return files + shard_with_engine(self.engine_runner, source, job, write, progress)
         return files + cpu_writer.write_ranks(self.layout, source, job, write, progress)
+
+    SIDE_FILES = "side-files"
+    ENGINE = "engine"
+
+    def parts(self, plan: ShardPlan) -> list[str]:
+        """CPU path: the side files, then one part per rank; engine path: one part, everything.
+
+        The engine's save routine loads the whole model at once (on the run's
+        accelerators, `plan.spec.method == "engine"`), so it is a single part.
+        """
+        if plan.spec.method == "engine":
+            return [self.ENGINE]
+        return [self.SIDE_FILES] + [f"rank-{r}" for r in range(plan.spec.tensor_parallel_size)]
+
+    def shard_part(self, plan, source, part, write, progress) -> list[FileEntry]:
+        """Write the side files, every file of one rank (its column slices read by itself),
+        or, on the engine path, everything."""
+        job: TPJob = plan.data
+        if part == self.ENGINE and plan.spec.method == "engine":
+            return self.shard(plan, source, write, progress)
+        if part == self.SIDE_FILES and plan.spec.method == "cpu":
+            return cpu_writer.copy_side_files(source, job, write, progress)
+        rank = int(part.removeprefix("rank-")) if part.startswith("rank-") else -1
+        if plan.spec.method != "cpu" or not 0 <= rank < job.tp:
+            raise PreheatError(f"{self.layout.engine}: no shard part {part!r} in this plan")
+        return cpu_writer.write_ranks(self.layout, source, job, write, progress, ranks=[rank])
