@@ -3,9 +3,10 @@
 Started as a Ray job's entrypoint (the job sets `RAY_ADDRESS`), or without a
 cluster as a detached local process that starts its own Ray instance. It runs
 the whole pipeline with `preheat.api.execute_run`, the file transfers on Ray
-tasks (`RayTransfers`); the record, the log, the lease, the journal and the
-publish stay here. SIGTERM or SIGINT (`ray job stop`, `preheat runs cancel`)
-cancels the run cleanly.
+tasks (`RayTransfers`) and so the parts of a shard, one task per rank
+(`RayShards`); the record, the log, the lease, the journal and the publish
+stay here. SIGTERM or SIGINT (`ray job stop`, `preheat runs cancel`) cancels
+the run cleanly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from preheat.api import execute_run
+    from preheat_ray.shards import RayShards
     from preheat_ray.transfers import RayTransfers
 
     address = os.environ.get("RAY_ADDRESS") or None
@@ -46,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        record = execute_run(store_url, run, cancel=cancel, transfers=RayTransfers())
+        record = execute_run(
+            store_url, run, cancel=cancel, transfers=RayTransfers(), shards=RayShards()
+        )
     finally:
         ray.shutdown()
     print(f"run {run} {record.status}" + (f": {record.error}" if record.error else ""))

@@ -82,15 +82,11 @@ class RayExecutor(Executor):
         nodes = list_nodes(address)
         request = record.request
         check_satisfiable(address, nodes, requests(request.resources), "a transfer task")
-        driver = self.driver_requests(record)
-        if driver.num_cpus or driver.memory:
-            check_satisfiable(address, nodes, driver, "the run's driver (it shards)")
+        engine = self.engine_shard_requests(record)
+        if engine is not None:
+            check_satisfiable(address, nodes, engine, "the engine's shard task")
         python = record.executor_options.get("python", "python")
-        options: dict = {}
-        if driver.num_cpus:
-            options["entrypoint_num_cpus"] = driver.num_cpus
-        if driver.memory:
-            options["entrypoint_memory"] = driver.memory
+        options: dict = {}  # the driver asks for nothing: it waits on tasks
         try:
             jobs.submit_job(
                 entrypoint=entrypoint(record, python),
@@ -106,15 +102,14 @@ class RayExecutor(Executor):
         return attrs.evolve(record, host=None, pid=None)
 
     @staticmethod
-    def driver_requests(record: RunRecord) -> Requests:
-        """The driver's own requests: none to fetch (it waits on tasks), the run's to shard.
-
-        CPU sharding runs in the driver and needs no GPU, so `accelerator` never
-        becomes a GPU request here.
-        """
-        if record.request.shard is None:
-            return Requests(num_cpus=0)
-        return requests(record.request.resources)
+    def engine_shard_requests(record: RunRecord) -> Requests | None:
+        """What the shard task asks for when the request names the engine's own save routine
+        (`method: engine`): the run's cpu and mem, and its `accelerator` as GPUs; else None
+        (CPU shard parts ask for the transfer tasks' cpu and mem, no GPU)."""
+        shard = record.request.shard
+        if shard is None or getattr(shard.args, "method", None) != "engine":
+            return None
+        return requests(record.request.resources, gpu=True)
 
     def _submit_local(self, record: RunRecord) -> RunRecord:
         command = [sys.executable, "-m", "preheat_ray.driver", record.store, record.name]

@@ -6,17 +6,19 @@ publish; tasks only move bytes:
 1. a preflight task on every alive node checks that the secret the request names
    is set there (it answers yes or no, never the value) and that the node's disk
    offers the run's `ephemeral_storage`;
-2. the files are split into one batch per task slot (largest first, balanced by
-   bytes); each batch is one task (`scheduling_strategy="SPREAD"`, the run's `cpu`
-   and `mem` as `num_cpus` and `memory`, `max_retries`) that builds its own fetcher
-   from the request (`preheat.api.run_transfers`), streams its files one after the
-   other into the draft's keys, each verified by the fetcher;
+2. a file larger than a few spans, where the store takes ranged writes, is split
+   across tasks by byte range (`preheat_ray.spans`); the other files are split into
+   one batch per task slot (largest first, balanced by bytes). Each batch is one
+   task (`scheduling_strategy="SPREAD"`, the run's `cpu` and `mem` as `num_cpus`
+   and `memory`, `max_retries`) that builds its own fetcher from the request
+   (`preheat.api.run_transfers`), streams its files one after the other into the
+   draft's keys, each verified by the fetcher;
 3. each verified file is reported at once to a ledger actor; the driver drains it
    several times a second and journals every file (a rerun after the driver died
    keeps them), and a retried task skips the files the ledger already holds.
 
 A task that dies (its worker killed, its node lost) is retried by Ray and resumes
-after the verified files; a failure of a task's own stops the others.
+after the verified files (or spans); a failure of a task's own stops the others.
 """
 
 from __future__ import annotations
@@ -25,44 +27,27 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import tempfile
-import time
 from collections.abc import Sequence
 
 import attrs
 
 from preheat.api import (
-    Cancelled,
     PreheatError,
     Transfer,
     TransferJob,
     TransferPool,
-    Transferred,
     human_bytes,
+    open_store,
     parse_quantity,
     run_transfers,
+    splittable,
 )
 from preheat_ray.cluster import requests
+from preheat_ray.spans import SplitFile
+from preheat_ray.tasks import MAX_RETRIES, POLL, Ledger, Meter, Report, captured, drive, node_ip
 
 log = logging.getLogger("preheat")
-
-MAX_RETRIES = 3
-POLL = 0.25
-PROGRESS_EVERY = 0.5
-
-
-@attrs.frozen
-class Report:
-    """What one transfer task did, for the run's log."""
-
-    node: str
-    pid: int
-    files: int
-    skipped: int
-    bytes: int
-    seconds: float
-    lines: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -72,6 +57,16 @@ class Probe:
     node: str
     secret_set: bool
     disk_free: int
+
+
+@attrs.frozen(eq=False)
+class Batch:
+    """A task of whole files (they report to the ledger as they land)."""
+
+    kind = "transfer"
+
+    def finished(self, report: Report) -> dict:
+        return {}
 
 
 def batches(transfers: Sequence[Transfer], n: int) -> list[list[Transfer]]:
@@ -86,114 +81,34 @@ def batches(transfers: Sequence[Transfer], n: int) -> list[list[Transfer]]:
     return [b for b in bins if b]
 
 
-class _Capture(logging.Handler):
-    """Keeps a task's log lines so the driver can put them in the run's log."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _node_ip() -> str:
-    import ray
-
-    try:
-        return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001
-        return socket.gethostname()
-
-
 def fetch_batch(job: TransferJob, batch: list[Transfer], ledger) -> Report:
     """Body of a transfer task: stream `batch` into the store, reporting each file to `ledger`."""
     import ray
 
-    started = time.monotonic()
-    capture = _Capture()
-    logger = logging.getLogger("preheat")
-    logger.addHandler(capture)
-    logger.setLevel(logging.INFO)
-    try:
+    with captured() as report:
         known = ray.get(ledger.known.remote([t.file.path for t in batch]))
         todo = [t for t in batch if t.file.path not in known]
         if known:
             log.info("resuming after %d files already verified", len(known))
-        moved = 0
-        pending = {"path": None, "bytes": 0, "at": time.monotonic()}
-
-        def flush() -> None:
-            if pending["bytes"]:
-                ledger.moved.remote(pending["path"], pending["bytes"])
-            pending.update(bytes=0, at=time.monotonic())
-
-        def on_bytes(path: str, n: int) -> None:  # live progress, about twice a second
-            if path != pending["path"]:
-                flush()
-                pending["path"] = path
-            pending["bytes"] += n
-            if time.monotonic() - pending["at"] > PROGRESS_EVERY:
-                flush()
-
-        for result in run_transfers(job, todo, on_bytes=on_bytes):
-            flush()
+        meter, moved = Meter(ledger), 0
+        for result in run_transfers(job, todo, on_bytes=meter.add):
+            meter.flush()
             ray.get(ledger.add.remote(result))
             moved += result.entry.size
             log.info("verified %s (%d bytes)", result.entry.path, result.entry.size)
-        return Report(
-            node=_node_ip(),
-            pid=os.getpid(),
-            files=len(todo),
-            skipped=len(batch) - len(todo),
-            bytes=moved,
-            seconds=time.monotonic() - started,
-            lines=tuple(capture.lines),
-        )
-    finally:
-        logger.removeHandler(capture)
+        skipped = len(batch) - len(todo)
+        what = f"{len(todo)} files" + (f" ({skipped} verified before a retry)" if skipped else "")
+        return report(what, moved)
 
 
 def probe_node(token_key: str) -> Probe:
     """Body of the preflight task: is the secret set here, how much disk is free."""
     value = os.environ.get(token_key, "")
     return Probe(
-        node=_node_ip(),
+        node=node_ip(),
         secret_set=bool(value.strip()),
         disk_free=shutil.disk_usage(tempfile.gettempdir()).free,
     )
-
-
-class Ledger:
-    """The verified files of one artifact's transfers, shared by the driver and its tasks."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, Transferred] = {}
-        self.fresh: list[Transferred] = []
-        self.bytes: list[tuple[str, int]] = []
-
-    def moved(self, path: str, n: int) -> None:
-        self.bytes.append((path, n))
-
-    def add(self, result: Transferred) -> None:
-        if result.entry.path not in self.results:
-            self.results[result.entry.path] = result
-            self.fresh.append(result)
-
-    def known(self, paths: list[str]) -> dict[str, Transferred]:
-        return {p: self.results[p] for p in paths if p in self.results}
-
-    def take(self) -> tuple[list[tuple[str, int]], list[Transferred]]:
-        """What landed since the last call: bytes moved per file, then files verified."""
-        moved, self.bytes = self.bytes, []
-        fresh, self.fresh = self.fresh, []
-        return moved, fresh
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The exception a task raised, without Ray's wrapper."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 class RayTransfers(TransferPool):
@@ -246,25 +161,26 @@ class RayTransfers(TransferPool):
         probes = self.preflight(job)
         total = ray.cluster_resources().get("CPU", 0.0)
         slots = max(1, int(total // need.num_cpus)) if need.num_cpus else len(transfers)
-        parts = batches(transfers, slots)
-        log.info(
-            "fanning %d files (%s) out to %d Ray tasks over %d nodes",
-            len(transfers),
-            human_bytes(sum(t.file.size for t in transfers)),
-            len(parts),
-            len(probes),
-        )
         ledger = ray.remote(num_cpus=0)(Ledger).remote()
-        task = ray.remote(fetch_batch).options(
+        options = dict(
             **need.task_options(),
             scheduling_strategy="SPREAD",
             max_retries=self.max_retries,
             retry_exceptions=False,
         )
-        refs = [task.remote(job, part, ledger) for part in parts]
+        store = open_store(job.store)
+        split = self._split(store, transfers, slots) if slots > 1 else []
+        whole = [t for t in transfers if t.key not in {f.transfer.key for f in split}]
+        parts = batches(whole, slots) if whole else []
+        log.info(
+            "fanning %d files (%s) out to %d Ray tasks over %d nodes%s",
+            len(transfers),
+            human_bytes(sum(t.file.size for t in transfers)),
+            len(parts) + sum(len(f.shares) for f in split),
+            len(probes),
+            f", {len(split)} of them split by byte range" if split else "",
+        )
         seen: set[str] = set()
-
-        cancelled = cancelled or (lambda: False)
 
         def drain() -> None:
             moved, results = ray.get(ledger.take.remote())
@@ -276,50 +192,37 @@ class RayTransfers(TransferPool):
                     seen.add(result.entry.path)
                     done(result)
 
-        pending = list(refs)
+        task = ray.remote(fetch_batch).options(**options)
+        refs = {task.remote(job, part, ledger): Batch() for part in parts}
+        for f in split:
+            refs.update(f.start(job, ledger, options, done))
         try:
-            while pending:
-                if cancelled():
-                    raise Cancelled(f"run {job.run} was cancelled")
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=self.poll)
-                drain()
-                for ref in ready:
-                    try:
-                        report: Report = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - re-raised as the task's own
-                        raise self._error(job, exc) from None
-                    for line in report.lines:
-                        log.info("[ray %s pid %d] %s", report.node, report.pid, line)
-                    log.info(
-                        "[ray %s pid %d] task done: %d files, %s in %.1fs%s",
-                        report.node,
-                        report.pid,
-                        report.files,
-                        human_bytes(report.bytes),
-                        report.seconds,
-                        f" ({report.skipped} verified before a retry)" if report.skipped else "",
-                    )
-            drain()
+            drive(
+                refs,
+                run=job.run,
+                on_done=lambda what, report: what.finished(report),
+                drain=drain,
+                cancelled=cancelled or (lambda: False),
+                retries=self.max_retries,
+                poll=self.poll,
+            )
         except BaseException:
-            for ref in pending:
-                with contextlib.suppress(Exception):  # already finished or gone
-                    ray.cancel(ref, force=True)
+            for f in split:
+                f.abort(store)
             raise
         finally:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(ledger)
+            store.close()
 
-    def _error(self, job: TransferJob, exc: BaseException) -> BaseException:
-        from ray.exceptions import RayTaskError
-
-        cause = _cause(exc)
-        if isinstance(cause, PreheatError | Cancelled):
-            return cause
-        if isinstance(exc, RayTaskError):
-            return PreheatError(
-                f"a transfer task of run {job.run} failed: {type(cause).__name__}: {cause}"
-            )
-        return PreheatError(
-            f"a transfer task of run {job.run} died {self.max_retries + 1} times "
-            f"({type(exc).__name__}); rerun the same prefetch to resume from the verified files"
-        )
+    def _split(self, store, transfers: Sequence[Transfer], slots: int) -> list[SplitFile]:
+        """The files to split by byte range, each with its upload begun (none where the store cannot)."""
+        split = []
+        for t in sorted(transfers, key=lambda t: -t.file.size):
+            if not splittable(t):
+                continue
+            upload = store.begin_ranges(t.key, t.file.size)
+            if upload is None:
+                return split
+            split.append(SplitFile.plan(t, upload, slots))
+        return split

@@ -28,8 +28,14 @@ from preheat_testing.hub import HubServer
 PREHEAT = str(Path(sys.executable).with_name("preheat"))
 TOKEN = "hf_rayTestSecret0123456789abcdef"
 TOKEN_KEY = "PREHEAT_RAY_TEST_TOKEN"
-# every transfer task streams over one connection, so a capped hub shows the per-node limit
-NODE_ENV = {"PREHEAT_CONNECTIONS": "1", "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# every transfer task streams over one connection, so a capped hub shows the per-node limit;
+# files over two 8 MiB spans are split by byte range across the tasks
+NODE_ENV = {
+    "PREHEAT_CONNECTIONS": "1",
+    "PREHEAT_SPAN_SIZE": "8Mi",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
 _ISOLATED = ("PREHEAT_", "HF_", "AWS_", "RAY_")
 _KEEP = {"PREHEAT_WEED"}
 

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.cluster
 MiB = 1 << 20
 GATED = "tiny/gated-llama"
 SLOW = "tiny/slow"
+LARGE = "tiny/one-large-file"
 BLOB = 4 * MiB  # four of them: two per task, several seconds each on a capped hub
 
 
@@ -36,7 +37,9 @@ def repos(hub):
     hub.set_gated(GATED, True)
     blobs = {f"blob-{i}.bin": os.urandom(BLOB) for i in range(4)}
     hub.add_repo(SLOW, {"config.json": '{"model_type": "none"}', **blobs})
-    return {"model": model, "blobs": blobs}
+    large = os.urandom(40 * MiB)
+    hub.add_repo(LARGE, {"config.json": '{"model_type": "none"}', "large.bin": large})
+    return {"model": model, "blobs": blobs, "large": large}
 
 
 def url(s3, name: str) -> str:
@@ -161,6 +164,89 @@ def test_a_tp2_shard_through_ray_matches_the_local_one(cluster, s3, machine, rep
     got = files_of(a, ref, store, tmp_path / "ray")
     assert {"model-rank-0-part-0.safetensors", "model-rank-1-part-0.safetensors"} <= set(got)
     assert got == files_of(a, ref, local_store, tmp_path / "local")
+    # each rank's files written by a task of its own, the tasks spread over both nodes
+    log = a.cli("runs", "logs", ours["run"], "--store", store).ok().stdout
+    assert "writing 3 shard parts as Ray tasks over 2 nodes: side-files, rank-0, rank-1" in log
+    wrote = {
+        line.split("] wrote ", 1)[1].split(":")[0]: line.split("[ray ", 1)[1].split()[0]
+        for line in log.splitlines()
+        if "] wrote " in line
+    }
+    assert set(wrote) == {"side-files", "rank-0", "rank-1"}
+    assert wrote["rank-0"] != wrote["rank-1"], wrote
+
+
+def split_log(m, run: str, store: str) -> dict[str, set[str]]:
+    """The nodes that wrote spans of each split file, from the run's log."""
+    log = m.cli("runs", "logs", run, "--store", store).ok().stdout
+    nodes: dict[str, set[str]] = {}
+    for line in log.splitlines():
+        if "task done: " in line and " spans of " in line:
+            path = line.split(" spans of ", 1)[1].split(",")[0]
+            nodes.setdefault(path, set()).add(line.split("[ray ", 1)[1].split()[0])
+    return nodes
+
+
+@pytest.mark.parametrize("kind", ["s3", "file"])
+def test_a_large_file_is_split_by_byte_range_across_the_nodes(
+    cluster, s3, machine, repos, tmp_path, kind
+):
+    """40 MiB in 8 MiB spans (`PREHEAT_SPAN_SIZE` on the nodes): both nodes write spans of
+    one upload (an S3 multipart upload, a file every node sees), verified whole."""
+    a = machine("a")
+    store = url(s3, "split") if kind == "s3" else f"file://{tmp_path / 'shared-store'}"
+    out = a.cli("prefetch", "hf-model", LARGE, *ray_args(cluster, store, "--wait", "--json"))
+    out = out.ok().json
+    assert out["status"] == "succeeded" and out["bytes_fetched"] == len(repos["large"]) + 22
+    assert split_log(a, out["run"], store) == {"large.bin": {"127.0.0.2", "127.0.0.3"}}
+    log = a.cli("runs", "logs", out["run"], "--store", store).ok().stdout
+    assert "1 of them split by byte range" in log and "(41943040 bytes in 5 spans)" in log
+    ref = f"{out['artifact']['name']}:{out['artifact']['version']}"
+    got = files_of(a, ref, store, tmp_path / "got")
+    assert got["large.bin"] == repos["large"]
+    files = {f["path"]: f["sha256"] for f in manifest(a, ref, store)["files"]}
+    assert files["large.bin"] == hashlib.sha256(repos["large"]).hexdigest()
+
+
+def test_killed_span_tasks_are_retried_and_skip_the_spans_they_wrote(
+    cluster, s3, hub, machine, repos, throttled
+):
+    a, b = machine("a"), machine("b")
+    store = url(s3, "killed-span")
+    sha = hashlib.sha256(repos["large"]).hexdigest()
+
+    def spans_served() -> list:
+        return [
+            r
+            for r in hub.find_requests(f"/lfs/{sha}*", origin="cdn")
+            if r.method == "GET" and r.status == 206 and r.body_bytes > MiB
+        ]
+
+    hub.reset_stats()
+    with throttled(2 * MiB):  # four seconds a span
+        run = a.cli("prefetch", "hf-model", LARGE, *ray_args(cluster, store, "--json")).ok()
+        run = run.json["run"]
+        # two spans written and both span tasks busy with their next ones: kill both
+        victims = wait_for(
+            lambda: (
+                len([r for r in spans_served() if r.finished]) >= 2
+                and len(found := cluster.task_processes("fetch_share")) == 2
+                and found
+            ),
+            timeout=90,
+            poll=0.05,
+        )
+        for victim in victims:
+            victim.send_signal(signal.SIGKILL)
+        done = b.cli("runs", "wait", run, "--store", store, "--json", timeout=180).ok().json
+    assert done["status"] == "succeeded"
+    log = b.cli("runs", "logs", run, "--store", store).ok().stdout
+    assert "spans already written" in log
+    ref = f"{done['artifact']['name']}:{done['artifact']['version']}"
+    assert manifest(b, ref, store)["files"][1]["sha256"] == sha
+    # what was written was not fetched again: at most the two spans in flight
+    served = sum(r.body_bytes for r in spans_served())
+    assert served <= len(repos["large"]) + 2 * 8 * MiB, served
 
 
 def test_requests_become_task_resources(cluster, s3, machine, repos):
