@@ -143,6 +143,34 @@ def test_writer_copies_reused_buffers(store):
     assert [data[i * MiB] for i in range(12)] == list(range(12))
 
 
+def test_writers_reuse_part_buffers_only_once_released(make_store):
+    """Writers share the store's part buffers: a buffer is refilled only once no upload (nor
+    a memory store's object) holds it, and a store keeps a bounded number of them."""
+    store = make_store(part_size="5MiB", max_concurrency=2)
+    datas = {f"f{i}": os.urandom(21 * MiB + i) for i in range(6)}
+
+    def write(names):
+        chunk = bytearray(3 * MiB)
+        for name in names:
+            data = datas[name]
+            with store.open_writer(name) as writer:
+                for start in range(0, len(data), len(chunk)):
+                    piece = data[start : start + len(chunk)]
+                    chunk[: len(piece)] = piece  # the caller reuses its buffer too
+                    writer.write(memoryview(chunk)[: len(piece)])
+                writer.commit()
+
+    write(["f0", "f1"])
+    threads = [threading.Thread(target=write, args=([f"f{i}"],)) for i in range(2, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, data in datas.items():
+        assert store.read(name)[0] == data, name
+    assert len(store._parts._buffers) <= 4
+
+
 def test_writer_abort_leaves_nothing(store, backend):
     writer = store.open_writer("big/aborted.bin")
     for _ in range(20):
