@@ -1,4 +1,4 @@
-"""Ray executor scaling: one multi-file prefetch through one node, then through two.
+"""Ray executor scaling: a multi-file and a one-file prefetch through one node, then two.
 
 A loopback hub serves a repository of `--files` random files of `--file-mib` MiB, each
 connection capped at `--cap-mib` MiB/s (a CDN's per-connection cap: what limits one
@@ -16,7 +16,13 @@ run's log), the driver's overhead (wall minus transfer: job submission, driver s
 listing, journaling, publish) and the speed-up. Two nodes must be at least 1.7x faster
 than one, on the transfer stage and on the whole run.
 
-Usage: python benchmarks/ray.py [--files 32] [--file-mib 16] [--cap-mib 12] [--out FILE]
+The one-file repository (`--one-file-mib`, one file) shows a large file split by byte
+range across the nodes (`PREHEAT_SPAN_SIZE=16Mi` on the nodes): through one node it is
+one task over one connection; through two, two tasks write spans of one ranged upload
+into the store, and one more task reads it back to check its sha256.
+
+Usage: python benchmarks/ray.py [--files 32] [--file-mib 16] [--one-file-mib 256]
+       [--cap-mib 12] [--out FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from preheat_testing.hub import HubServer
 from preheat_testing.raycluster import RayCluster
 
 REPO = "bench/many-files"
+ONE_FILE = "bench/one-file"
 WARMUP = "bench/warm-up"
 MiB = 1 << 20
 PREHEAT = str(Path(sys.executable).with_name("preheat"))
@@ -109,6 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=32)
     parser.add_argument("--file-mib", type=int, default=16)
+    parser.add_argument("--one-file-mib", type=int, default=256)
     parser.add_argument("--cap-mib", type=float, default=12.0)
     parser.add_argument("--out", type=Path)
     opts = parser.parse_args()
@@ -136,6 +144,10 @@ def run(opts, cores: list[int], tmp: Path) -> int:
     with HubServer(per_connection_bytes_per_sec=cap) as hub:
         hub.add_repo(REPO, files)
         hub.add_repo(WARMUP, {"config.json": '{"model_type": "none"}'})
+        large = tmp / "one-file" / "large.bin"
+        large.parent.mkdir(parents=True)
+        large.write_bytes(os.urandom(opts.one_file_mib * MiB))
+        hub.add_repo(ONE_FILE, {"config.json": '{"model_type": "none"}', "large.bin": large})
         node_env = {
             "HF_ENDPOINT": hub.endpoint,
             "HF_HUB_DISABLE_XET": "1",
@@ -143,6 +155,7 @@ def run(opts, cores: list[int], tmp: Path) -> int:
             "HF_HOME": str(tmp / "node-hf"),
             "PREHEAT_HOME": str(tmp / "node-home"),
             "PREHEAT_CONNECTIONS": "1",
+            "PREHEAT_SPAN_SIZE": "16Mi",
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREHEAT_", "HF_", "RAY_"))}
         env.update(node_env, PREHEAT_HOME=str(tmp / "home"))
@@ -152,9 +165,12 @@ def run(opts, cores: list[int], tmp: Path) -> int:
             # the first job of a cluster starts its job machinery: not what is measured
             prefetch(env, cluster, store, force=0, repo=WARMUP)
             results["1 node"] = prefetch(env, cluster, store, force=1)
+            results["one file, 1 node"] = prefetch(env, cluster, store, force=1, repo=ONE_FILE)
             cluster.add_node()
             results["2 nodes"] = prefetch(env, cluster, store, force=2)
+            results["one file, 2 nodes"] = prefetch(env, cluster, store, force=2, repo=ONE_FILE)
     one, two = results["1 node"], results["2 nodes"]
+    one_file = {k: results[f"one file, {k}"] for k in ("1 node", "2 nodes")}
     summary = {
         "files": opts.files,
         "file_mib": opts.file_mib,
@@ -163,6 +179,13 @@ def run(opts, cores: list[int], tmp: Path) -> int:
         "speedup_transfer": round(one["transfer_s"] / two["transfer_s"], 2),
         "speedup_wall": round(one["wall_s"] / two["wall_s"], 2),
         "mib_per_s_per_node": round(one["fetched_mib"] / one["transfer_s"], 1),
+        "one_file_mib": opts.one_file_mib,
+        "one_file_speedup_transfer": round(
+            one_file["1 node"]["transfer_s"] / one_file["2 nodes"]["transfer_s"], 2
+        ),
+        "one_file_speedup_wall": round(
+            one_file["1 node"]["wall_s"] / one_file["2 nodes"]["wall_s"], 2
+        ),
     }
     print(json.dumps(summary, indent=2))
     if opts.out:
