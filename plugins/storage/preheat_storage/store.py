@@ -220,7 +220,8 @@ class ObstoreStore(S3Ranges, Store):
         return out
 
     def open_reader(self, key: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
-        """Ranged GETs pinned to one version; chunks are bytes-like (read-only memoryviews)."""
+        """One GET (ranged GETs for large objects) pinned to one version; chunks are read-only
+        memoryviews of about `chunk_size` bytes."""
         meta = self._head_meta(key)
         if meta is None:
             raise NotFound(self._scrub(f"{self.uri(key)} does not exist"))

@@ -62,11 +62,24 @@ def test_read_ranges(store):
         store.read_ranges("missing.bin", [(0, 1)])
 
 
-def test_open_reader_streams_in_chunks(store):
+@pytest.fixture(params=["one GET", "ranged GETs"])
+def reading(request, monkeypatch):
+    """Objects read with one streaming GET (up to `STREAM_MAX`), or with ranged GETs."""
+    from preheat_storage import reader
+
+    if request.param == "ranged GETs":
+        monkeypatch.setattr(reader, "STREAM_MAX", 0)
+    return request.param
+
+
+def test_open_reader_streams_in_chunks(store, reading):
     data = os.urandom(5 * MiB + 123)
     store.put("stream.bin", data)
     chunks = list(store.open_reader("stream.bin", chunk_size=MiB))
-    assert [len(c) for c in chunks] == [MiB] * 5 + [123]
+    if reading == "ranged GETs":
+        assert [len(c) for c in chunks] == [MiB] * 5 + [123]
+    else:
+        assert all(len(c) >= MiB for c in chunks[:-1]) and len(chunks) <= 6
     assert b"".join(chunks) == data
     with pytest.raises(NotFound):
         store.open_reader("missing.bin")
@@ -270,10 +283,16 @@ def _uploads(store):
     return list(api.list_uploads(s.url.prefix + "/"))
 
 
-def test_reader_notices_a_replaced_object(store):
-    store.put("moving.bin", os.urandom(16 * 64 * 1024))
+def test_reader_never_mixes_two_versions_of_a_replaced_object(store, reading):
+    """Ranged GETs notice the new version; one GET keeps streaming the old one whole."""
+    old, new = os.urandom(16 * 64 * 1024), os.urandom(16 * 64 * 1024)
+    store.put("moving.bin", old)
     reader = store.open_reader("moving.bin", chunk_size=64 * 1024)
-    next(reader)
-    store.put("moving.bin", os.urandom(16 * 64 * 1024))
-    with pytest.raises(PreconditionFailed, match="changed while it was being read"):
-        list(reader)
+    first = bytes(next(reader))
+    store.put("moving.bin", new)
+    try:
+        got = first + b"".join(bytes(c) for c in reader)
+    except PreconditionFailed as exc:
+        assert "changed while it was being read" in str(exc)
+    else:
+        assert reading == "one GET" and got == old
