@@ -306,3 +306,50 @@ def test_kill_9_mid_range_then_a_rerun_resumes_from_the_written_prefix(env, hub,
     got = bodies(hub)
     assert min(span(r)[0] for r in got) == kept, "the rerun starts at the first byte not kept"
     assert sum(r.body_bytes for r in got) == size - kept, "only the bytes not kept are served"
+
+
+# --------------------------------------------------------------------------- the tail
+
+
+class _Limits:
+    """Connection slots and range buffers to spare; helpers recorded instead of started."""
+
+    def __init__(self, free: int) -> None:
+        from preheat.transfer import BufferPool, Slots
+
+        self.range_size = MiB
+        self.buffers = free
+        self.slots = Slots(free)
+        self.pool = BufferPool(free, MiB)
+        self.submitted: list = []
+
+    def submit(self, fn) -> None:
+        self.submitted.append(fn)
+
+
+def test_helpers_that_come_free_at_the_tail_take_the_end_of_the_heads_own_span():
+    """With no range left after it, the head's span gives its last ranges to free helpers,
+    never the range the head is in, and the head then stops where they start."""
+    from types import SimpleNamespace
+
+    from preheat.ranged_parts import RangedDownload
+
+    limits = _Limits(free=2)
+    job = SimpleNamespace(limits=limits, size=6 * MiB)
+    download = RangedDownload(job)
+    download.ranges = [(s, s + MiB) for s in range(0, 6 * MiB, MiB)]
+    download.next_free = 6  # every range after the head's span is taken
+    download.span = (2, 6)  # the head streams ranges 2..5 itself ...
+    download.written = 2 * MiB + 12345  # ... and is inside range 2
+    download._top_up(2)
+    assert download.span == (2, 4) and sorted(download.parts) == [4, 5]
+    assert download._span_end() == 4 * MiB and len(limits.submitted) == 2
+    # with a helper free again, range 3 goes too, but never range 2, the head's own
+    limits.slots.release()
+    limits.pool.give(bytearray(MiB))
+    download._top_up(2)
+    assert download.span == (2, 3) and sorted(download.parts) == [3, 4, 5]
+    limits.slots.release()
+    limits.pool.give(bytearray(MiB))
+    download._top_up(2)
+    assert download.span == (2, 3) and len(limits.submitted) == 3

@@ -46,6 +46,9 @@ class RangedDownload:
         self.parts: dict[int, Part] = {}
         self.next_free = 0
         self.written = 0
+        # the ranges [first, stop) the head is streaming itself; helpers that come free once
+        # no range is left after it take its last ranges (the head then stops before them)
+        self.span: tuple[int, int] | None = None
 
     def run(self, offset: int) -> None:
         job, step = self.job, self.limits.range_size
@@ -66,8 +69,10 @@ class RangedDownload:
                 # stay busy, a few more at once) itself; helpers may still take the ranges after
                 j = min(len(self.ranges), i + span)
                 self.next_free = j
-                self._stream(i, self.ranges[j - 1][1])
-                i, span = j, min(most, span * 2)
+                self.span = (i, j)
+                self._stream(i)
+                i, span = self.span[1], min(most, span * 2)
+                self.span = None
         except NoRanges:
             raise NoRanges(self.written) from None
         finally:
@@ -76,21 +81,39 @@ class RangedDownload:
     # the head
 
     def _top_up(self, head: int) -> None:
-        """Give the next unassigned ranges to helpers while a slot and a buffer are free."""
+        """Give the next unassigned ranges to helpers while a slot and a buffer are free;
+        with none left, the last ranges of the head's own span (the file's tail)."""
         limits = self.limits
         while self.next_free < len(self.ranges) and self.next_free < head + limits.buffers:
-            buf = limits.pool.try_take()
-            if buf is None:
+            if not self._assign(self.next_free):
                 return
-            if not limits.slots.try_acquire():
-                limits.pool.give(buf)
-                return
-            index = self.next_free
             self.next_free += 1
-            start, end = self.ranges[index]
-            part = Part(start, end, buf)
-            self.parts[index] = part
-            limits.submit(lambda part=part: self._helper(part))
+        while self.next_free >= len(self.ranges) and self.span is not None:
+            first, stop = self.span
+            current = first + (self.written - self.ranges[first][0]) // self.limits.range_size
+            if stop - 1 <= current or not self._assign(stop - 1):
+                return
+            self.span = (first, stop - 1)
+
+    def _assign(self, index: int) -> bool:
+        """Hand the range `index` to a helper, if a buffer and a connection slot are free."""
+        limits = self.limits
+        buf = limits.pool.try_take()
+        if buf is None:
+            return False
+        if not limits.slots.try_acquire():
+            limits.pool.give(buf)
+            return False
+        start, end = self.ranges[index]
+        part = Part(start, end, buf)
+        self.parts[index] = part
+        limits.submit(lambda part=part: self._helper(part))
+        return True
+
+    def _span_end(self) -> int:
+        """The byte the head's own stream stops at (its span's end, as helpers took its tail)."""
+        assert self.span is not None
+        return self.ranges[self.span[1] - 1][1]
 
     def _consume(self, index: int, part: Part) -> None:
         while not part.done.wait(POLL):
@@ -107,13 +130,14 @@ class RangedDownload:
         finally:
             self.limits.pool.give(part.buf)
 
-    def _stream(self, index: int, end: int) -> None:
-        """Fetch the bytes from the first one not written up to `end` on this thread, into the sink."""
+    def _stream(self, index: int) -> None:
+        """Fetch the bytes from the first one not written to the end of the head's span on this
+        thread, into the sink."""
         job, attempt = self.job, 0
-        while self.written < end:
+        while self.written < self._span_end():
             self.limits.slots.acquire()
             try:
-                self._stream_attempt(index, end)
+                self._stream_attempt(index, self._span_end())
             except HTTPStatus as exc:
                 if not retriable(exc):
                     raise job.policy.fatal(exc, job.path) from None
@@ -121,7 +145,7 @@ class RangedDownload:
             except (OSError, http.client.HTTPException) as exc:
                 failure = exc
             else:
-                if self.written >= end:
+                if self.written >= self._span_end():
                     return
                 failure = ConnectionError(
                     f"{job.path}: connection closed at byte {self.written} of {job.size}"
@@ -138,14 +162,15 @@ class RangedDownload:
             if found is None or found[0] != self.written:
                 raise NoRanges(self.written)
             for chunk in body.chunks():
-                if self.written + len(chunk) > end:
-                    chunk = chunk[: end - self.written]
+                stop = self._span_end()
+                if self.written + len(chunk) > stop:
+                    chunk = chunk[: stop - self.written]
                 job.sink(chunk)
                 self.written += len(chunk)
                 job.on_bytes(len(chunk))
                 self._raise_failure()
                 self._top_up(index)
-                if self.written >= end:
+                if self.written >= self._span_end():
                     break
         finally:
             body.close()
