@@ -2,7 +2,8 @@
 
 A generated Llama-shaped bf16 checkpoint is prefetched once from a loopback hub into a
 local store. Then, for each engine plugin installed (vllm, sglang), every round runs each
-contender as its own process, one after the other:
+contender as its own process, one after the other (each round in another order, with a
+`sync` before every run so none pays for the previous one's writeback):
 
 - preheat: `preheat prefetch hf-model REPO --shard-config tp4.yaml --wait` (start-up
   included), the sharded version removed afterwards;
@@ -208,13 +209,16 @@ def main() -> None:
             times: dict[str, list[float]] = {"preheat": [], "floor": [], "cp_r": [], "startup": []}
             peaks: dict[str, list[int]] = {k: [] for k in times}
             served = []
-            for _ in range(max(3, args.reps)):
-                for name in ("preheat", "floor", "cp_r"):
+            names = ["preheat", "floor", "cp_r"]
+            for rep in range(max(3, args.reps)):
+                # each round in another order, so no contender always follows the same one
+                for name in names[rep % 3 :] + names[: rep % 3]:
                     dest = work / ("floor" if name == "floor" else "copy")
                     shutil.rmtree(dest, ignore_errors=True)
                     if name == "floor":
                         dest.mkdir()
                     hub.reset_stats()
+                    os.sync()  # no contender pays for the previous one's writeback
                     if name == "preheat":
                         t, peak = timed(shard_cmd, env)
                         served.append(hub.bytes_served("*.safetensors"))

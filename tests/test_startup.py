@@ -154,3 +154,16 @@ def test_values_the_plain_conversion_does_not_take_get_typers_messages(preheat_e
     bad = preheat_env.cli_in_process("prefetch", "hf-model", "a/b", "--force", "many")
     assert bad.returncode == 2
     assert "Invalid value for '--force'" in bad.stderr and "integer" in bad.stderr
+
+
+def test_a_no_op_sharded_prefetch_builds_no_sharder(published, hub):
+    """A published pre-sharded version is reused without the sharder (numpy and the slicer)."""
+    config = published.cwd / "tp2.yaml"
+    config.write_text("engine: vllm\nargs:\n  tensor_parallel_size: 2\n")
+    args = ["prefetch", "hf-model", REPO, "--shard-config", str(config), "--wait", "--json"]
+    published.cli(*args).ok()
+    hub.reset_stats()
+    modules, out = imported(args, published.env, published.cwd)
+    assert '"reused": true' in out
+    assert heavy(modules) == [] and "preheat_tp.cpu_writer" not in modules
+    assert hub.bytes_served("*.safetensors") == 0

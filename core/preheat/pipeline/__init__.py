@@ -127,7 +127,6 @@ class Pipeline:
         shard, shard_dict = request.shard, prepared.shard_dict
         target_version = base_version
         if shard is not None:
-            sharder = lookup("sharders", shard.engine).value()
             target_version = version_of(snapshot, paths, shard_dict, request.force, shard.engine)
         done = self.catalog.manifest(name, target_version)
         if done is not None:
@@ -160,6 +159,8 @@ class Pipeline:
 
         plan: ShardPlan | None = None
         if shard is not None:
+            # made only now: a published version needs no sharder (nor its imports)
+            sharder = lookup("sharders", shard.engine).value()
             view = ModelView(
                 config=config or {},
                 files=tuple(FileEntry(f.path, f.size, f.sha256 or "") for f in files),
