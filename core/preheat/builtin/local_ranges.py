@@ -1,0 +1,118 @@
+"""Ranged writes on the local store: one sparse partial file that every writer opens.
+
+Each span is written with `pwrite` at its offset, from any process that sees
+the directory (one machine, or a filesystem every node mounts), then noted in
+a sidecar file (`.spans`) so `finish_ranges` can tell a span never written
+from zeros; the finished file is renamed into place at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from preheat.errors import PreheatError
+from preheat.store import ObjectInfo
+
+
+class LocalRanges:
+    """`Store.begin_ranges` and its companions for `LocalStore` (a mixin: it uses the store's
+    `root`, `_path` and its helpers)."""
+
+    def _ranges_path(self, upload: str) -> Path:
+        if not upload.isalnum():
+            raise PreheatError(f"not an upload handle of this store: {upload!r}")
+        return self.root / ".partial" / f"r-{upload}"
+
+    def begin_ranges(self, key: str, size: int) -> str:
+        """A sparse partial file of `size` bytes that every writer opens and writes at its offsets."""
+        from preheat.builtin import local
+
+        upload = uuid.uuid4().hex
+        path = self._ranges_path(upload)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "xb") as f:
+                f.truncate(size)
+        except OSError as exc:
+            raise local._disk_error(exc, self._path(key)) from exc
+        return upload
+
+    def write_range(self, key, upload, span, chunks) -> None:
+        from preheat.builtin import local
+
+        path = self._ranges_path(upload)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            raise PreheatError(
+                f"the ranged upload of {key} is gone (aborted or finished)"
+            ) from None
+        try:
+            offset = span.start
+            for chunk in chunks:
+                view = memoryview(chunk)
+                if offset + len(view) > span.end:
+                    raise PreheatError(
+                        f"{key}: more than the {span.size} bytes of span {span.index}"
+                    )
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+            if offset != span.end:
+                raise PreheatError(
+                    f"{key}: span {span.index} got {offset - span.start} of {span.size} bytes"
+                )
+            if local._durable():
+                os.fdatasync(fd)
+            # one short O_APPEND write per span: atomic, whichever process writes it
+            with open(path.with_name(path.name + ".spans"), "a") as log:
+                log.write(f"{span.index} {span.start} {span.end}\n")
+        except OSError as exc:
+            raise local._disk_error(exc, self._path(key)) from exc
+        finally:
+            os.close(fd)
+
+    def finish_ranges(self, key, upload, spans) -> ObjectInfo:
+        from preheat.builtin import local
+
+        path, dest = self._ranges_path(upload), self._path(key)
+        size = spans[-1].end if spans else 0
+        try:
+            have = path.stat().st_size
+        except FileNotFoundError:
+            raise PreheatError(
+                f"the ranged upload of {key} is gone (aborted or finished)"
+            ) from None
+        if have != size:
+            raise PreheatError(f"{key}: the ranged upload holds {have} bytes, not {size}")
+        written = self._spans_written(path)
+        for span in spans:
+            if (span.index, span.start, span.end) not in written:
+                raise PreheatError(
+                    f"{key}: span {span.index} (bytes {span.start}-{span.end}) was never written"
+                )
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except OSError as exc:
+            raise local._disk_error(exc, dest) from exc
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + ".spans").unlink()
+        return local._info(key, dest.stat())
+
+    @staticmethod
+    def _spans_written(path: Path) -> set[tuple[int, int, int]]:
+        try:
+            lines = path.with_name(path.name + ".spans").read_text().split("\n")
+        except FileNotFoundError:
+            return set()
+        return {tuple(int(x) for x in line.split()) for line in lines if line.strip()}
+
+    def abort_ranges(self, key: str, upload: str) -> None:
+        with contextlib.suppress(OSError, PreheatError):
+            path = self._ranges_path(upload)
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".spans").unlink(missing_ok=True)
