@@ -48,21 +48,19 @@ def test_accelerator_becomes_gpus_only_for_steps_that_need_them():
 
 
 def test_only_the_engine_shard_step_asks_for_the_accelerator():
+    from types import SimpleNamespace
+
     from preheat_ray.executor import RayExecutor
 
-    from preheat.api import PrefetchRequest, RunRecord
-
-    def record(method: str | None) -> RunRecord:
-        shard = None if method is None else {"engine": "vllm", "args": {"method": method}}
-        request = PrefetchRequest(
-            repo="org/model", shard=shard, resources=Resources(cpu="2", accelerator="H100:2")
-        )
-        return RunRecord(
-            name="r", status="queued", request=request, created="now", store="file:///tmp/s"
-        )
+    def record(method: str | None) -> SimpleNamespace:
+        """The fields of a run record the executor reads (no engine plugin needed here)."""
+        shard = None if method is None else SimpleNamespace(args=SimpleNamespace(method=method))
+        resources = Resources(cpu="2", accelerator="H100:2")
+        return SimpleNamespace(request=SimpleNamespace(shard=shard, resources=resources))
 
     assert RayExecutor.engine_shard_requests(record(None)) is None
     assert RayExecutor.engine_shard_requests(record("cpu")) is None
+    assert RayExecutor.engine_shard_requests(record("auto")) is None
     need = RayExecutor.engine_shard_requests(record("engine"))
     assert need.task_options() == {"num_cpus": 2.0, "num_gpus": 2.0, "accelerator_type": "H100"}
 
