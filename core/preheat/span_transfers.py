@@ -96,8 +96,12 @@ def fetch_spans(
 
     try:
         with ThreadPoolExecutor(connections, thread_name_prefix="preheat-span") as pool:
-            for future in [pool.submit(one, s) for s in spans]:
-                future.result()
+            try:
+                for future in [pool.submit(one, s) for s in spans]:
+                    future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the spans not started are not fetched
+                raise
     finally:
         fetcher.close()
         store.close()

@@ -109,7 +109,12 @@ class LocalRanges:
             lines = path.with_name(path.name + ".spans").read_text().split("\n")
         except FileNotFoundError:
             return set()
-        return {tuple(int(x) for x in line.split()) for line in lines if line.strip()}
+        written = set()
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 3 and all(f.isdigit() for f in fields):  # a torn line: not written
+                written.add((int(fields[0]), int(fields[1]), int(fields[2])))
+        return written
 
     def abort_ranges(self, key: str, upload: str) -> None:
         with contextlib.suppress(OSError, PreheatError):

@@ -19,8 +19,18 @@ import logging
 import attrs
 
 from preheat.api import FileEntry, ShardJob, ShardPool, run_shard_part
-from preheat_ray.cluster import Node, fits, requests
-from preheat_ray.tasks import MAX_RETRIES, POLL, Ledger, Meter, Report, captured, drive
+from preheat_ray.cluster import requests
+from preheat_ray.tasks import (
+    MAX_RETRIES,
+    POLL,
+    Ledger,
+    Meter,
+    Report,
+    able_nodes,
+    captured,
+    drive,
+    placed,
+)
 
 log = logging.getLogger("preheat")
 
@@ -33,11 +43,6 @@ def write_part(job: ShardJob, part: str, ledger) -> Report:
         meter.flush()
         log.info("wrote %s: %s", part, ", ".join(e.path for e in entries))
         return report(f"shard {part}", sum(e.size for e in entries), entries)
-
-
-def offered(node: dict) -> Node:
-    """A `ray.nodes()` entry as a `Node`."""
-    return Node(node.get("NodeManagerAddress", ""), node["NodeID"], dict(node.get("Resources", {})))
 
 
 @attrs.frozen(eq=False)
@@ -62,23 +67,12 @@ class RayShards(ShardPool):
     def shard(self, job, parts, *, done, progress=None, cancelled=None):
         """One task per part, round-robin over the nodes; `done(part, entries)` as each returns."""
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         need = requests(job.resources, gpu=job.plan.spec.method == "engine")
-        nodes = sorted(
-            (n for n in ray.nodes() if n.get("Alive")),
-            key=lambda n: (n.get("NodeManagerAddress", ""), n["NodeID"]),
-        )
-        able = [n["NodeID"] for n in nodes if fits(offered(n), need)]
+        able = able_nodes(need)
         ledger = ray.remote(num_cpus=0)(Ledger).remote()
         task = ray.remote(write_part)
         options = dict(**need.task_options(), max_retries=self.max_retries, retry_exceptions=False)
-
-        def placed(i: int):
-            where = (
-                NodeAffinitySchedulingStrategy(able[i % len(able)], soft=True) if able else "SPREAD"
-            )
-            return task.options(**options, scheduling_strategy=where)
 
         log.info(
             "writing %d shard parts as Ray tasks over %d nodes: %s",
@@ -96,7 +90,9 @@ class RayShards(ShardPool):
         # the ranks first, one per node, then the small side files
         order = sorted(range(len(parts)), key=lambda i: not parts[i].startswith("rank-"))
         refs = {
-            placed(k).remote(job, parts[i], ledger): _Part(parts[i], done)
+            task.options(**options, scheduling_strategy=placed(able, k)).remote(
+                job, parts[i], ledger
+            ): _Part(parts[i], done)
             for k, i in enumerate(order)
         }
         try:

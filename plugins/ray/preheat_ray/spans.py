@@ -3,7 +3,7 @@
 Where the store takes ranged writes (`Store.begin_ranges`: an S3 multipart
 upload, a shared filesystem), the driver begins one upload per large file and
 deals its spans (`preheat.api.plan_spans`) round-robin into one share per task
-slot. Each share is a SPREAD task that fetches its spans over a few connections
+slot. Each share is a task, placed round-robin over the nodes that fit, that fetches its spans over a few connections
 straight into the upload (`preheat.api.fetch_spans`), telling the ledger each
 span written; a retried task skips those. Once every share is done, one more
 task assembles the object and checks its sha256 against the source's
@@ -17,7 +17,8 @@ import logging
 import attrs
 
 from preheat.api import Span, Transfer, TransferJob, fetch_spans, finish_spans, plan_spans
-from preheat_ray.tasks import Meter, Report, captured
+from preheat_ray.cluster import requests
+from preheat_ray.tasks import Meter, Report, able_nodes, captured, placed
 
 log = logging.getLogger("preheat")
 
@@ -77,10 +78,16 @@ class SplitFile:
         import ray
 
         self._start = {"job": job, "options": options, "done": done}
-        task = ray.remote(fetch_share).options(**options)
+        task = ray.remote(fetch_share)
         self.left = len(self.shares)
         share = _Share(self)
-        return {task.remote(job, self.transfer, self.upload, s, ledger): share for s in self.shares}
+        nodes = able_nodes(requests(job.resources))
+        return {
+            task.options(**{**options, "scheduling_strategy": placed(nodes, i)}).remote(
+                job, self.transfer, self.upload, s, ledger
+            ): share
+            for i, s in enumerate(self.shares)
+        }
 
     def share_done(self) -> dict:
         """A share finished: once all are, submit the task that assembles and verifies."""

@@ -167,6 +167,33 @@ class Meter:
                 self.flush()
 
 
+def able_nodes(need) -> list[str]:
+    """IDs of the alive nodes that can run a task asking for `need`, in address order."""
+    import ray
+
+    from preheat_ray.cluster import Node, fits
+
+    nodes = sorted(
+        (n for n in ray.nodes() if n.get("Alive")),
+        key=lambda n: (n.get("NodeManagerAddress", ""), n["NodeID"]),
+    )
+    offered = [
+        Node(n.get("NodeManagerAddress", ""), n["NodeID"], dict(n.get("Resources", {})))
+        for n in nodes
+    ]
+    return [n.node_id for n in offered if fits(n, need)]
+
+
+def placed(nodes: list[str], i: int):
+    """The scheduling strategy of the `i`-th of several tasks: round-robin over `nodes` (a soft
+    affinity: Ray would otherwise pack short tasks onto the worker it already leased)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not nodes:
+        return "SPREAD"
+    return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
+
+
 def cause(exc: BaseException) -> BaseException:
     """The exception a task raised, without Ray's wrapper."""
     inner = getattr(exc, "cause", None)

@@ -169,34 +169,37 @@ class RayTransfers(TransferPool):
             retry_exceptions=False,
         )
         store = open_store(job.store)
-        split = self._split(store, transfers, slots) if slots > 1 else []
-        whole = [t for t in transfers if t.key not in {f.transfer.key for f in split}]
-        parts = batches(whole, slots) if whole else []
-        log.info(
-            "fanning %d files (%s) out to %d Ray tasks over %d nodes%s",
-            len(transfers),
-            human_bytes(sum(t.file.size for t in transfers)),
-            len(parts) + sum(len(f.shares) for f in split),
-            len(probes),
-            f", {len(split)} of them split by byte range" if split else "",
-        )
-        seen: set[str] = set()
-
-        def drain() -> None:
-            moved, results = ray.get(ledger.take.remote())
-            if progress is not None:
-                for path, n in moved:
-                    progress(path, n)
-            for result in results:
-                if result.entry.path not in seen:
-                    seen.add(result.entry.path)
-                    done(result)
-
-        task = ray.remote(fetch_batch).options(**options)
-        refs = {task.remote(job, part, ledger): Batch() for part in parts}
-        for f in split:
-            refs.update(f.start(job, ledger, options, done))
+        split: list[SplitFile] = []
         try:
+            if slots > 1:
+                self._split(store, transfers, slots, into=split)
+            split_keys = {f.transfer.key for f in split}
+            whole = [t for t in transfers if t.key not in split_keys]
+            parts = batches(whole, slots) if whole else []
+            log.info(
+                "fanning %d files (%s) out to %d Ray tasks over %d nodes%s",
+                len(transfers),
+                human_bytes(sum(t.file.size for t in transfers)),
+                len(parts) + sum(len(f.shares) for f in split),
+                len(probes),
+                f", {len(split)} of them split by byte range" if split else "",
+            )
+            seen: set[str] = set()
+
+            def drain() -> None:
+                moved, results = ray.get(ledger.take.remote())
+                if progress is not None:
+                    for path, n in moved:
+                        progress(path, n)
+                for result in results:
+                    if result.entry.path not in seen:
+                        seen.add(result.entry.path)
+                        done(result)
+
+            task = ray.remote(fetch_batch).options(**options)
+            refs = {task.remote(job, part, ledger): Batch() for part in parts}
+            for f in split:
+                refs.update(f.start(job, ledger, options, done))
             drive(
                 refs,
                 run=job.run,
@@ -215,14 +218,15 @@ class RayTransfers(TransferPool):
                 ray.kill(ledger)
             store.close()
 
-    def _split(self, store, transfers: Sequence[Transfer], slots: int) -> list[SplitFile]:
-        """The files to split by byte range, each with its upload begun (none where the store cannot)."""
-        split = []
+    def _split(
+        self, store, transfers: Sequence[Transfer], slots: int, *, into: list[SplitFile]
+    ) -> None:
+        """Add to `into` the files to split by byte range, each with its upload begun (none where
+        the store cannot); what was begun is in `into` even when a later begin fails."""
         for t in sorted(transfers, key=lambda t: -t.file.size):
             if not splittable(t):
                 continue
             upload = store.begin_ranges(t.key, t.file.size)
             if upload is None:
-                return split
-            split.append(SplitFile.plan(t, upload, slots))
-        return split
+                return
+            into.append(SplitFile.plan(t, upload, slots))
