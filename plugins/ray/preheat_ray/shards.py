@@ -99,9 +99,8 @@ class RayShards(ShardPool):
             drive(
                 refs,
                 run=job.run,
-                on_done=lambda what, report: what.finished(report),
                 drain=drain,
-                cancelled=cancelled or (lambda: False),
+                cancelled=cancelled,
                 retries=self.max_retries,
                 poll=self.poll,
             )

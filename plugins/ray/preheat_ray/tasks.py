@@ -219,19 +219,20 @@ def drive(
     refs: dict,
     *,
     run: str,
-    on_done: Callable[[Any, Report], dict],
     drain: Callable[[], None] = lambda: None,
-    cancelled: Callable[[], bool] = lambda: False,
+    cancelled: Callable[[], bool] | None = None,
     retries: int = MAX_RETRIES,
     poll: float = POLL,
 ) -> None:
     """Wait for every task in `refs` (ref -> what it is), draining the ledger as they run.
 
-    `on_done(what, report)` handles a finished task and returns more tasks to wait
-    for (ref -> what). The first failure or a cancel stops every task still running.
+    Each `what` has a `kind` (for messages) and `finished(report)`, which handles its
+    task's report and returns more tasks to wait for (ref -> what). The first failure or
+    a cancel stops every task still running.
     """
     import ray
 
+    cancelled = cancelled or (lambda: False)
     pending = dict(refs)
     try:
         while pending:
@@ -246,7 +247,7 @@ def drive(
                 except Exception as exc:  # noqa: BLE001 - re-raised as the task's own
                     raise task_error(run, getattr(what, "kind", "Ray"), exc, retries) from None
                 report.log()
-                pending.update(on_done(what, report))
+                pending.update(what.finished(report))
         drain()
     except BaseException:
         for ref in pending:

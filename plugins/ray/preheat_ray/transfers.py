@@ -203,9 +203,8 @@ class RayTransfers(TransferPool):
             drive(
                 refs,
                 run=job.run,
-                on_done=lambda what, report: what.finished(report),
                 drain=drain,
-                cancelled=cancelled or (lambda: False),
+                cancelled=cancelled,
                 retries=self.max_retries,
                 poll=self.poll,
             )
