@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from preheat.builtin.local import LocalStore
 from preheat.errors import PreheatError
 from preheat.store import Span
+from preheat_testing import ranges
 
 KiB = 1 << 10
-
-# Opens the store by path, as another process would, and writes the spans given as
-# INDEX:START:END, streaming each from the source file in 64 KiB chunks.
-WRITER = r"""
-import sys
-from preheat.api import Span, open_store
-
-root, key, upload, source = sys.argv[1:5]
-store = open_store(root)
-
-def chunks(f, n):
-    while n:
-        block = f.read(min(n, 64 << 10))
-        n -= len(block)
-        yield block
-
-with open(source, "rb") as f:
-    for arg in sys.argv[5:]:
-        index, start, end = map(int, arg.split(":"))
-        f.seek(start)
-        store.write_range(key, upload, Span(index, start, end), chunks(f, end - start))
-"""
 
 
 @pytest.fixture
@@ -47,13 +25,12 @@ def data() -> bytes:
     return os.urandom(700 * KiB + 13)
 
 
-def spans_of(size: int, part: int = 256 * KiB) -> list[Span]:
-    return [Span(i, s, min(s + part, size)) for i, s in enumerate(range(0, size, part))]
+def spans_of(size: int) -> list[Span]:
+    return ranges.spans_of(size, 256 * KiB)
 
 
 def piece(data: bytes, span: Span):
-    view = memoryview(data)[span.start : span.end]
-    return (view[i : i + 64 * KiB] for i in range(0, len(view), 64 * KiB))
+    return ranges.piece(data, span, 64 * KiB)
 
 
 def leftovers(store: LocalStore) -> list[str]:
@@ -70,9 +47,9 @@ def test_spans_from_two_processes_make_the_file(store, data, tmp_path):
     assert upload
 
     def writer(*chosen: Span) -> subprocess.Popen:
-        args = [f"{s.index}:{s.start}:{s.end}" for s in chosen]
-        cmd = [sys.executable, "-c", WRITER, str(store.root), "big/file.bin", upload, str(source)]
-        return subprocess.Popen(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return ranges.write_elsewhere(
+            str(store.root), "big/file.bin", upload, source, chosen, chunk=64 * KiB
+        )
 
     procs = [writer(spans[2], spans[0]), writer(spans[1])]  # out of order, at once
     for proc in procs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -12,42 +11,18 @@ import pytest
 from preheat.api import PreheatError, Span
 from preheat_storage.errors import AccessDenied
 from preheat_storage.store import ObstoreStore
-from preheat_testing import servers
+from preheat_testing import ranges, servers
 
 MiB = 1 << 20
 PART = 5 * MiB  # S3's smallest part but for the last
 
-# Opens the store by URL, as another machine would, and writes the spans given as INDEX:START:END,
-# streaming each from the source file in 1 MiB chunks.
-WRITER = r"""
-import sys
-from preheat.api import Span, open_store
 
-url, key, upload, source = sys.argv[1:5]
-store = open_store(url)
-
-def chunks(f, n):
-    while n:
-        block = f.read(min(n, 1 << 20))
-        n -= len(block)
-        yield block
-
-with open(source, "rb") as f:
-    for arg in sys.argv[5:]:
-        index, start, end = map(int, arg.split(":"))
-        f.seek(start)
-        store.write_range(key, upload, Span(index, start, end), chunks(f, end - start))
-store.close()
-"""
+def spans_of(size: int) -> list[Span]:
+    return ranges.spans_of(size, PART)
 
 
-def spans_of(size: int, part: int = PART) -> list[Span]:
-    return [Span(i, s, min(s + part, size)) for i, s in enumerate(range(0, size, part))]
-
-
-def piece(data: bytes, span: Span, chunk: int = MiB):
-    view = memoryview(data)[span.start : span.end]
-    return (view[i : i + chunk] for i in range(0, len(view), chunk))
+def piece(data: bytes, span: Span):
+    return ranges.piece(data, span, MiB)
 
 
 @pytest.fixture(
@@ -83,9 +58,7 @@ def test_spans_from_two_processes_make_the_object(s3, data, tmp_path):
     assert upload
 
     def writer(*chosen: Span) -> subprocess.Popen:
-        args = [f"{s.index}:{s.start}:{s.end}" for s in chosen]
-        cmd = [sys.executable, "-c", WRITER, s3.url, "big/file.bin", upload, str(source), *args]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return ranges.write_elsewhere(s3.url, "big/file.bin", upload, source, chosen, chunk=MiB)
 
     procs = [writer(spans[2], spans[0]), writer(spans[1])]  # out of order, at once
     for proc in procs:
