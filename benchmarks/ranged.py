@@ -15,7 +15,7 @@ included, alternated for `--rounds` rounds:
   the last weight byte it sent) and end to end (the model's bytes over the whole run).
 
 Reported: medians, the one-file speed-up (target >= 3x), the share of the aggregate
-cap (target >= 90 %), and preheat's peak RSS (its process tree, sampled every 10 ms;
+cap (target >= 90 %), and preheat's peak RSS (its process tree, sampled every 0.1 s;
 target < 256 MiB whatever the model size).
 
 Usage: python benchmarks/ranged.py [--one-file 2Gi] [--many-files 2Gi] [--cap 48000000]

@@ -38,7 +38,8 @@ class RunState(Progress):
         self.record = record
         self.cancel = cancel
         self.forward = forward or Progress()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the record in memory; held only for moments
+        self._saving = threading.Lock()  # one write of the record at a time, in order
         self._dirty = False
         self._done = 0
         self._stop = threading.Event()
@@ -48,12 +49,14 @@ class RunState(Progress):
         self._thread.start()
 
     def update(self, **changes) -> None:
-        with self._lock:
-            self.record = attrs.evolve(
-                self.record, updated=now_iso(), bytes_done=self._done, **changes
-            )
-            self.catalog.save_run(self.record)
-            self._dirty = False
+        with self._saving:
+            with self._lock:
+                self.record = attrs.evolve(
+                    self.record, updated=now_iso(), bytes_done=self._done, **changes
+                )
+                self._dirty = False
+                record = self.record
+            self.catalog.save_run(record)
 
     def stage(self, name: str, total: int) -> None:
         with self._lock:
@@ -72,14 +75,19 @@ class RunState(Progress):
         while not self._stop.wait(SAVE_EVERY):
             if self.catalog.store.head(self.catalog.cancel_key(self.record.name)) is not None:
                 self.cancel.set()
-            with self._lock:
-                if self._dirty:
-                    with contextlib.suppress(Exception):
-                        self.record = attrs.evolve(
-                            self.record, updated=now_iso(), bytes_done=self._done
-                        )
-                        self.catalog.save_run(self.record)
+            # the store write happens outside `_lock`: under heavy writeback an fsync can
+            # take a second, and every `advance` of the writing threads would wait on it
+            with self._saving:
+                with self._lock:
+                    if not self._dirty:
+                        continue
+                    self.record = attrs.evolve(
+                        self.record, updated=now_iso(), bytes_done=self._done
+                    )
                     self._dirty = False
+                    record = self.record
+                with contextlib.suppress(Exception):
+                    self.catalog.save_run(record)
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from preheat.builtin.local_ranges import LocalRanges
+from preheat.builtin.writeback import Writeback
 from preheat.errors import NotFound, PreconditionFailed, PreheatError
 from preheat.hookspecs import hookimpl
 from preheat.store import ObjectInfo, ObjectWriter, Store
@@ -90,6 +91,8 @@ class _FileWriter(ObjectWriter):
             self._file = os.fdopen(fd, "wb")
             self.offset = 0
         self._resume = resume
+        self._written = self.offset
+        self._writeback = Writeback(self._file.fileno(), self.offset) if _durable() else None
 
     def existing(self) -> Iterator[bytes]:
         if not self.offset:
@@ -108,6 +111,9 @@ class _FileWriter(ObjectWriter):
             self._file.write(data)
         except OSError as exc:
             raise _disk_error(exc, self._dest) from exc
+        if self._writeback is not None:
+            self._written += len(data)
+            self._writeback.wrote(self._written)
 
     def commit(self) -> ObjectInfo:
         try:

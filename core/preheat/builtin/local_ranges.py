@@ -13,6 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
+from preheat.builtin.writeback import Writeback
 from preheat.errors import PreheatError
 from preheat.store import ObjectInfo
 
@@ -52,6 +53,7 @@ class LocalRanges:
             ) from None
         try:
             offset = span.start
+            writeback = Writeback(fd, offset) if local._durable() else None
             for chunk in chunks:
                 view = memoryview(chunk)
                 if offset + len(view) > span.end:
@@ -61,6 +63,8 @@ class LocalRanges:
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
+                if writeback is not None:
+                    writeback.wrote(offset)
             if offset != span.end:
                 raise PreheatError(
                     f"{key}: span {span.index} got {offset - span.start} of {span.size} bytes"

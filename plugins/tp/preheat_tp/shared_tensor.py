@@ -16,7 +16,7 @@ from .slice_reads import is_contiguous, row_range, thread_buffer
 if TYPE_CHECKING:
     from .stream import TensorSource
 
-SHARED_BLOCKS = 4  # local blocks of source rows per block of a shared (column-sliced) tensor
+SHARED_BLOCKS = 2  # local blocks of source rows per block of a shared (column-sliced) tensor
 ALL = -1  # the buffer key of a block every rank receives whole (replicated rows)
 
 
@@ -25,30 +25,39 @@ class Aborted(RuntimeError):
 
 
 class BufferPool:
-    """Buffers of finished blocks, kept for the next block of the same shape (bounded)."""
+    """Equal-sized buffers of finished blocks, handed out again for any later block (bounded).
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._held = 0
-        self._free: dict[tuple, list[dict[int, bytearray]]] = {}
+    Every block of every shared tensor takes one buffer of `size` bytes (each
+    rank's part a slice of it), so a buffer freed by one tensor serves the
+    next whatever its shape: fresh buffers cost page faults and zeroing.
+    `size` is the largest block a tensor `reserve`d; at most `blocks` free
+    buffers are kept.
+    """
+
+    def __init__(self, blocks: int) -> None:
+        self.size = 0
+        self._blocks = blocks
+        self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
-    def get(self, sizes: dict[int, int]) -> dict[int, bytearray]:
-        key = tuple(sorted(sizes.items()))
-        with self._lock:
-            free = self._free.get(key)
-            if free:
-                self._held -= sum(sizes.values())
-                return free.pop()
-        return {r: bytearray(n) for r, n in sizes.items()}
+    def reserve(self, nbytes: int) -> None:
+        """Make the pool's buffers hold blocks of `nbytes` (called before any `get`)."""
+        self.size = max(self.size, nbytes)
 
-    def put(self, buffers: dict[int, bytearray]) -> None:
-        sizes = tuple(sorted((r, len(b)) for r, b in buffers.items()))
-        total = sum(n for _, n in sizes)
+    def get(self, nbytes: int) -> bytearray:
+        """A buffer of at least `nbytes` (of `size`, reused, unless more is needed)."""
+        if nbytes > self.size:
+            return bytearray(nbytes)
         with self._lock:
-            if self._held + total <= self._limit:
-                self._free.setdefault(sizes, []).append(buffers)
-                self._held += total
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def put(self, buffer: bytearray) -> None:
+        """Give back a buffer from `get`; kept while fewer than `blocks` are free."""
+        with self._lock:
+            if len(buffer) == self.size and len(self._free) < self._blocks:
+                self._free.append(buffer)
 
 
 class SharedTensor:
@@ -97,10 +106,12 @@ class SharedTensor:
         rows = last_row - self.first_row
         self.rows_per = max(1, min(block // max(1, self.row_bytes), rows))
         self.nblocks = -(-rows // self.rows_per)
+        if self.src_dtype == self.out_dtype and (self.local or self.columns):
+            pool.reserve(self.rows_per * sum(self._width.values()))  # what `_views` takes
         self.last_row = last_row
         self._cond = threading.Condition()
         self._ready: dict[int, dict[int, memoryview]] = {}
-        self._owned: dict[int, dict[int, bytearray]] = {}
+        self._owned: dict[int, bytearray] = {}
         self._pending: dict[int, int] = {}
         self._reading: set[int] = set()
         self._released: set[int] = set()
@@ -145,15 +156,15 @@ class SharedTensor:
                     break
                 self._cond.wait(0.05)
         try:
-            buffers, views = self._read_block(i)
+            buffer, views = self._read_block(i)
         except BaseException:
             self._fail()
             raise
         with self._cond:
             self._reading.discard(i)
             self._ready[i] = views
-            if buffers is not None:
-                self._owned[i] = buffers
+            if buffer is not None:
+                self._owned[i] = buffer
             self._pending[i] = len(self.pieces)
             self._cond.notify_all()
         return views[rank] if self.columns else views[ALL]
@@ -164,18 +175,28 @@ class SharedTensor:
             if self._pending[i]:
                 return
             del self._pending[i], self._ready[i]
-            buffers = self._owned.pop(i, None)
+            buffer = self._owned.pop(i, None)
             self._released.add(i)
             while self._low in self._released:
                 self._released.discard(self._low)
                 self._low += 1
             self._cond.notify_all()
-        if buffers is not None:
-            self._pool.put(buffers)
+        if buffer is not None:
+            self._pool.put(buffer)
 
     # -- the reader of a block (whichever rank needs it first)
 
-    def _read_block(self, i: int) -> tuple[dict[int, bytearray] | None, dict[int, memoryview]]:
+    def _views(self, n: int) -> tuple[bytearray, dict[int, memoryview]]:
+        """A pooled buffer for a block of `n` rows, and each receiver's slice of it."""
+        buffer = self._pool.get(self.rows_per * sum(self._width.values()))
+        views, at = {}, 0
+        whole = memoryview(buffer)
+        for r, w in self._width.items():
+            views[r] = whole[at : at + n * w]
+            at += self.rows_per * w
+        return buffer, views
+
+    def _read_block(self, i: int) -> tuple[bytearray | None, dict[int, memoryview]]:
         first = self.first_row + i * self.rows_per
         n = min(self.last_row, first + self.rows_per) - first
         if self.src_dtype != self.out_dtype:
@@ -195,17 +216,15 @@ class SharedTensor:
             data = self.source.read(self.name, first * self.row_bytes, n * self.row_bytes, EMPTY)
             if not self.columns:
                 return None, {ALL: data}
-            buffers = self._pool.get({r: self.rows_per * w for r, w in self._width.items()})
-            views = {r: memoryview(buffers[r])[: n * w] for r, w in self._width.items()}
+            buffer, views = self._views(n)
             self._gather(self._as_rows(data, n), views)
-            return buffers, views
-        buffers = self._pool.get({r: self.rows_per * w for r, w in self._width.items()})
-        views = {r: memoryview(buffers[r])[: n * w] for r, w in self._width.items()}
+            return buffer, views
+        buffer, views = self._views(n)
         if not self.columns:
             self.source.read(self.name, first * self.row_bytes, n * self.row_bytes, views[ALL])
         elif not self._scatter(first, n, views):
             self._gather(self._source_rows(first, n, thread_buffer(n * self.row_bytes)), views)
-        return buffers, views
+        return buffer, views
 
     def _segments(self) -> list[tuple[int, int | None]] | None:
         """(bytes, rank or None for a skipped gap) across one source row; None when slices overlap."""

@@ -48,7 +48,10 @@ __all__ = [
     "tensor_chunks",
 ]
 
-BLOCK = 4 << 20  # bytes per local read (the chunk a rank writes and hashes next)
+# bytes per local read (the chunk a rank writes and hashes next): small enough that it is
+# still in the CPU's cache when it is written and hashed. Sharding 4.2 GiB at tp=4 on the
+# 2-vCPU build machine took 5.5 s (median of 6) with 4 MiB blocks, 3.8 s with 1 MiB.
+BLOCK = 1 << 20
 REMOTE_BLOCK = 16 << 20  # bytes per range read from a store without local files
 WINDOW = 4  # blocks of a shared tensor read ahead of the slowest rank
 IOV_MAX = 1024  # buffers per preadv call (Linux's UIO_MAXIOV)
@@ -293,8 +296,7 @@ class SharedReads:
         if not _ordered([[k for k in seen if k in keys] for seen in order.values()]):
             keys = set()
         # enough finished blocks' buffers for the next shared tensor's window
-        shared_block = max(SHARED_BLOCKS * source.block, source.remote_block)
-        self._pool = BufferPool(limit=window * shared_block)
+        self._pool = BufferPool(blocks=window)
         self._shared = {
             key: SharedTensor(
                 source,

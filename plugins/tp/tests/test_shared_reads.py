@@ -152,6 +152,39 @@ def test_shared_pieces_are_the_numpy_slices(tensors, case, remote, window, monke
         assert got[rank] == [expected(t, arrays) for t in ts], (rank, case)
 
 
+def test_block_buffers_are_reused_across_tensors_of_other_shapes(tensors, monkeypatch):
+    """`a` and `b` have other row widths; their blocks still come from the same few buffers."""
+    from preheat_tp import shared_tensor
+
+    monkeypatch.setattr(stream, "BLOCK", 100)
+    made, real = [], bytearray
+
+    def counted(n):
+        made.append(n)
+        return real(n)
+
+    monkeypatch.setattr(shared_tensor, "bytearray", counted, raising=False)
+    arrays, make = tensors
+    source = make(False)
+    plans = {
+        r: [
+            out("a", "BF16", cols("a", 6 * r, 6 * r + 6)),
+            out("b", "BF16", cols("b", 10 * r, 10 * r + 10)),
+        ]
+        for r in range(4)
+    }
+    window = 2
+    shared = SharedReads(source, plans, window=window)
+    blocks = sum(shared.lookup(p, "BF16").nblocks for p in (cols("a", 0, 6), cols("b", 0, 10)))
+    got = stream_all(source, plans, shared)
+    for rank, ts in plans.items():
+        assert got[rank] == [expected(t, arrays) for t in ts]
+    # at most the blocks in flight at once (a window in each of the two tensors) are ever made
+    assert blocks > 2 * window
+    assert 0 < len(made) <= 2 * window, (made, blocks)
+    assert len(set(made)) == 1  # one size whatever the tensor's shape
+
+
 def test_what_is_shared(tensors):
     source = tensors[1](False)
     plans = PLANS["replicated rows in groups"]
