@@ -155,3 +155,30 @@ def test_a_span_of_the_wrong_size_is_refused(tmp_path):
         store.write_range("k", upload, Span(0, 0, 8 * MiB), [b"x" * MiB])
     store.abort_ranges("k", upload)
     assert store.head("k") is None
+
+
+def test_finishing_again_checks_what_is_there_and_keeps_the_real_error(tmp_path, monkeypatch):
+    import hashlib
+    import os
+    from types import SimpleNamespace
+
+    from preheat.api import IntegrityError, RemoteFile, Transfer
+
+    monkeypatch.setenv("PREHEAT_SPAN_SIZE", "8Mi")
+    store = open_store(str(tmp_path))
+    data = os.urandom(20 * MiB)
+    t = Transfer(RemoteFile("w.bin", len(data), sha256=hashlib.sha256(data).hexdigest()), "k")
+    job = SimpleNamespace(store=str(tmp_path))
+    upload = store.begin_ranges("k", len(data))
+    spans = plan_spans(len(data))
+    for s in spans:
+        store.write_range("k", upload, s, [data[s.start : s.end]])
+    first = finish_spans(job, t, upload, spans)
+    # a retried verify task: the upload is gone, the object there is checked instead
+    assert finish_spans(job, t, upload, spans).entry == first.entry
+    # an object of the right size that is not this file: the finish failure, not a mismatch
+    store.put("k", b"z" * len(data))
+    with pytest.raises(PreheatError, match="ranged upload of k is gone") as failed:
+        finish_spans(job, t, upload, spans)
+    assert not isinstance(failed.value, IntegrityError)
+    assert store.head("k") is None

@@ -113,6 +113,25 @@ def test_a_span_never_written_fails_the_finish_and_keeps_the_upload(store, data)
     assert leftovers(store) == []
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(lambda sp: [], id="none"),
+        pytest.param(lambda sp: [sp[1], sp[0], *sp[2:]], id="out-of-order"),
+        pytest.param(lambda sp: [sp[0], Span(1, sp[1].start + 1, sp[1].end), *sp[2:]], id="gap"),
+    ],
+)
+def test_spans_that_do_not_tile_the_object_are_refused_and_the_upload_kept(store, data, layout):
+    spans = spans_of(len(data))
+    upload = store.begin_ranges("f.bin", len(data))
+    for span in spans:
+        store.write_range("f.bin", upload, span, piece(data, span))
+    with pytest.raises(PreheatError, match="does not follow|at least one span"):
+        store.finish_ranges("f.bin", upload, layout(spans))
+    assert store.head("f.bin") is None
+    assert store.finish_ranges("f.bin", upload, spans).size == len(data)
+
+
 def test_abort_leaves_nothing(store, data):
     spans = spans_of(len(data))
     upload = store.begin_ranges("f.bin", len(data))

@@ -61,7 +61,15 @@ if TYPE_CHECKING:
     from preheat.shard import ModelView, Sharder, ShardPlan, SourceArtifact
     from preheat.shard_pool import ShardJob, ShardPool, run_shard_part
     from preheat.span_transfers import fetch_spans, finish_spans, plan_spans, splittable
-    from preheat.store import MIN_SPAN, ObjectInfo, ObjectWriter, Span, Store
+    from preheat.store import (
+        MIN_SPAN,
+        ObjectInfo,
+        ObjectWriter,
+        Span,
+        Store,
+        check_spans,
+        span_chunks,
+    )
     from preheat.transfers import (
         ThreadTransfers,
         Transfer,
@@ -112,7 +120,15 @@ _HOMES = {
     "preheat.shard": ("ModelView", "Sharder", "ShardPlan", "SourceArtifact"),
     "preheat.shard_pool": ("ShardJob", "ShardPool", "run_shard_part"),
     "preheat.span_transfers": ("fetch_spans", "finish_spans", "plan_spans", "splittable"),
-    "preheat.store": ("MIN_SPAN", "ObjectInfo", "ObjectWriter", "Span", "Store"),
+    "preheat.store": (
+        "MIN_SPAN",
+        "ObjectInfo",
+        "ObjectWriter",
+        "Span",
+        "Store",
+        "check_spans",
+        "span_chunks",
+    ),
     "preheat.transfers": (
         "ThreadTransfers",
         "Transfer",
@@ -193,6 +209,7 @@ __all__ = [
     "accelerator_info",
     "cached_artifact",
     "check_path",
+    "check_spans",
     "execute_run",
     "fetch_spans",
     "finish_spans",
@@ -208,6 +225,7 @@ __all__ = [
     "resolve_artifact",
     "run_shard_part",
     "run_transfers",
+    "span_chunks",
     "splittable",
     "use_artifact",
     "worker_command",

@@ -110,19 +110,25 @@ def fetch_spans(
 def finish_spans(job: TransferJob, t: Transfer, upload: str, spans: Sequence[Span]) -> Transferred:
     """Assemble the upload at `t.key`, read it back and check its sha256 against the source's.
 
+    Called again after it succeeded (a retried task), it checks the object already there.
+
     :raises IntegrityError: the bytes do not match (the object is removed).
+    :raises PreheatError: the upload could not be assembled (an object of the right size
+        already at the key that does not match is removed, and this error raised).
     """
     from preheat.config import open_store
 
     store = open_store(job.store)
     try:
+        unfinished: PreheatError | None = None
         try:
             info = store.finish_ranges(t.key, upload, spans)
-        except PreheatError:
+        except PreheatError as exc:
             # a retry after this step already assembled the object (the upload is gone)
             info = store.head(t.key)
             if info is None or info.size != t.file.size:
                 raise
+            unfinished = exc
         digest = hashlib.sha256()
         size = 0
         for chunk in store.open_reader(t.key):
@@ -130,6 +136,8 @@ def finish_spans(job: TransferJob, t: Transfer, upload: str, spans: Sequence[Spa
             size += len(chunk)
         if size != t.file.size or digest.hexdigest() != t.file.sha256:
             store.delete(t.key)
+            if unfinished is not None:  # what was there is not this upload's: the real failure
+                raise unfinished
             raise IntegrityError(
                 f"{t.file.path}: the {len(spans)} spans fetched apart hash to "
                 f"{digest.hexdigest()[:12]}..., not the published {t.file.sha256[:12]}...; "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from preheat.errors import NotFound
+from preheat.errors import NotFound, PreheatError
 
 
 @attrs.frozen
@@ -101,6 +101,36 @@ class Span:
 
 MIN_SPAN = 8 << 20
 """The smallest span a ranged write accepts, but for the last (S3 parts are at least 5 MiB)."""
+
+
+def span_chunks(
+    span: Span, chunks: Iterable[bytes | memoryview], what: str
+) -> Iterator[memoryview]:
+    """`chunks` as byte views, for a store's `write_range`: raises `PreheatError` before
+    more than `span.size` bytes pass, or at the end when fewer did (`what` names the object)."""
+    passed = 0
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        passed += len(view)
+        if passed > span.size:
+            raise PreheatError(f"{what}: more than the {span.size} bytes of span {span.index}")
+        if view:
+            yield view
+    if passed != span.size:
+        raise PreheatError(f"{what}: span {span.index} got {passed} of {span.size} bytes")
+
+
+def check_spans(spans: Sequence[Span], what: str) -> None:
+    """For a store's `finish_ranges`: the spans must cover the object from byte 0 in index
+    order, without gaps or overlaps, or `PreheatError` (`what` names the object)."""
+    if not spans:
+        raise PreheatError(f"{what}: a ranged upload needs at least one span")
+    end = 0
+    for i, span in enumerate(spans):
+        if span.index != i or span.start != end or span.end < span.start:
+            after = f"span {i - 1} (ending at {end})" if i else "the start (0)"
+            raise PreheatError(f"{what}: span {span.index} does not follow {after}")
+        end = span.end
 
 
 class Store(abc.ABC):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from preheat.builtin.writeback import Writeback
 from preheat.errors import PreheatError
-from preheat.store import ObjectInfo
+from preheat.store import ObjectInfo, check_spans, span_chunks
 
 
 class LocalRanges:
@@ -54,21 +54,12 @@ class LocalRanges:
         try:
             offset = span.start
             writeback = Writeback(fd, offset) if local._durable() else None
-            for chunk in chunks:
-                view = memoryview(chunk)
-                if offset + len(view) > span.end:
-                    raise PreheatError(
-                        f"{key}: more than the {span.size} bytes of span {span.index}"
-                    )
+            for view in span_chunks(span, chunks, key):
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
                 if writeback is not None:
                     writeback.wrote(offset)
-            if offset != span.end:
-                raise PreheatError(
-                    f"{key}: span {span.index} got {offset - span.start} of {span.size} bytes"
-                )
             if local._durable():
                 os.fdatasync(fd)
             # one short O_APPEND write per span: atomic, whichever process writes it
@@ -83,7 +74,8 @@ class LocalRanges:
         from preheat.builtin import local
 
         path, dest = self._ranges_path(upload), self._path(key)
-        size = spans[-1].end if spans else 0
+        check_spans(spans, key)
+        size = spans[-1].end
         try:
             have = path.stat().st_size
         except FileNotFoundError:

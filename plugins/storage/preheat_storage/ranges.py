@@ -9,12 +9,12 @@ ListParts. An upload that is never finished is aborted by `gc()` once stale.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from obstore import exceptions as oe
 
-from preheat.api import ObjectInfo, PreheatError, Span
+from preheat.api import ObjectInfo, PreheatError, Span, check_spans, span_chunks
 from preheat_storage.errors import StoreError
 from preheat_storage.s3api import Part, S3Api, S3Error
 
@@ -26,10 +26,6 @@ _MAX_PART = 5 << 30
 _MIN_PART = 5 << 20  # S3's smallest part but for the last
 _PART_TIMEOUT = 120.0  # seconds one socket operation of a part upload may stall
 _COMPLETE_TIMEOUT = 300.0  # completing many large parts can take the server minutes
-
-
-class _Miscount(PreheatError):
-    """The chunks of a span did not hold exactly its size."""
 
 
 class S3Ranges:
@@ -58,7 +54,7 @@ class S3Ranges:
         if not 0 <= span.size <= _MAX_PART:
             raise PreheatError(f"{self.uri(key)}: span {span.index} is over S3's 5 GiB part limit")
         api = _api(self, key, _PART_TIMEOUT)
-        body = _exactly(chunks, span, self.uri(key))
+        body = span_chunks(span, chunks, self.uri(key))
         try:
             api.upload_part(self._path(key), upload, span.index + 1, span.size, body)
         except S3Error as exc:
@@ -130,30 +126,9 @@ def _api(store: ObstoreStore, key: str, timeout: float) -> S3Api:
     return api
 
 
-def _exactly(chunks: Iterable[bytes | memoryview], span: Span, uri: str) -> Iterator[memoryview]:
-    """The chunks as they come, failing before more than `span.size` bytes, or too few, are sent."""
-    sent = 0
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        sent += len(view)
-        if sent > span.size:
-            raise _Miscount(f"{uri}: more than the {span.size} bytes of span {span.index}")
-        if view:
-            yield view
-    if sent != span.size:
-        raise _Miscount(f"{uri}: span {span.index} got {sent} of {span.size} bytes")
-
-
 def _check_layout(spans: Sequence[Span], uri: str) -> None:
     """The spans must cover the object from 0 in order; S3 needs 5 MiB parts but for the last."""
-    if not spans:
-        raise PreheatError(f"{uri}: a ranged upload needs at least one span")
-    end = 0
-    for i, span in enumerate(spans):
-        if span.index != i or span.start != end or span.end < span.start:
-            after = f"span {i - 1} (ending at {end})" if i else "the start (0)"
-            raise PreheatError(f"{uri}: span {span.index} does not follow {after}")
-        end = span.end
+    check_spans(spans, uri)
     for span in spans[:-1]:
         if span.size < _MIN_PART:
             raise PreheatError(
