@@ -12,7 +12,8 @@ process; peak RSS is the maximum of its process tree's summed resident set (samp
 - resolve: `preheat resolve NAME --store s3://... --to DIR` (sha256-verified) against 8
   threads doing `obstore.get` of the same objects into DIR, hashing each with sha256.
 
-Usage: python benchmarks/storage.py [--size-gib 1] [--reps 3] [--out results.json]
+Usage: python benchmarks/storage.py [--size-gib 1] [--reps 3] [--resolve-rounds 7]
+       [--out results.json]
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ def raw_store(server):
     )
 
 
-def bench(hub: HubServer, server, cache: Path, size: int, reps: int, work: Path) -> dict:
+def bench(
+    hub: HubServer, server, cache: Path, size: int, reps: int, work: Path, resolve_rounds: int
+) -> dict:
     src, sums = model_dir(cache, size)
     files = {p.name: p for p in src.iterdir() if p.name != "sha256.json"}
     total = sum(p.stat().st_size for p in files.values())
@@ -267,7 +270,7 @@ def bench(hub: HubServer, server, cache: Path, size: int, reps: int, work: Path)
     keys = [f["path"] for f in manifest["files"]]
     prefix = f"{kept}/artifacts/{name}/{version}"
     resolve: dict[str, list[dict]] = {"preheat": [], "gets": []}
-    for rep in range(reps):
+    for rep in range(resolve_rounds):
         order = ["preheat", "gets"] if rep % 2 == 0 else ["gets", "preheat"]
         for contender in order:
             dest = work / f"resolve-{contender}-{rep}"
@@ -321,6 +324,9 @@ def main() -> None:
     parser.add_argument("--size-gib", type=float, default=1.0, help="model size in GiB")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
+        "--resolve-rounds", type=int, default=7, help="rounds of the (short) resolve comparison"
+    )
+    parser.add_argument(
         "--cache", default=os.environ.get("PREHEAT_BENCH_CACHE", "/tmp/preheat-bench")
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -334,7 +340,9 @@ def main() -> None:
         servers.seaweedfs_s3() as server,
         tempfile.TemporaryDirectory(dir=cache) as work,
     ):
-        results[f"{args.size_gib:g}GiB"] = bench(hub, server, cache, size, args.reps, Path(work))
+        results[f"{args.size_gib:g}GiB"] = bench(
+            hub, server, cache, size, args.reps, Path(work), args.resolve_rounds
+        )
     print(json.dumps(results, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
