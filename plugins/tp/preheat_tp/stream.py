@@ -34,6 +34,7 @@ __all__ = [
     "ALL",
     "BLOCK",
     "EMPTY",
+    "FDS_PER_THREAD",
     "IOV_MAX",
     "REMOTE_BLOCK",
     "SHARED_BLOCKS",
@@ -55,6 +56,7 @@ BLOCK = 1 << 20
 REMOTE_BLOCK = 16 << 20  # bytes per range read from a store without local files
 WINDOW = 4  # blocks of a shared tensor read ahead of the slowest rank
 IOV_MAX = 1024  # buffers per preadv call (Linux's UIO_MAXIOV)
+FDS_PER_THREAD = 8  # source files each thread keeps open (see `TensorSource._fd`)
 
 Located = Callable[[str], tuple[str, int]]
 
@@ -79,7 +81,7 @@ class TensorSource:
         self._locate = locate
         self._local = local
         self._read_range = read_range
-        self._fds: dict[tuple[int, str], int] = {}
+        self._fds: dict[int, dict[str, int]] = {}  # thread -> path -> fd, least recent first
         self._lock = threading.Lock()
         self.block = block or BLOCK
         self.remote_block = remote_block or REMOTE_BLOCK
@@ -88,13 +90,22 @@ class TensorSource:
         # one descriptor per thread and file: the kernel keeps read-ahead state per open file,
         # and the ranks' streams through one file interleaved on a shared one defeat it (a
         # tp=4 shard of 4.2 GiB from a cold page cache: 9.3 and 6.6 s that way, 6.4 and 6.0 s
-        # with one per thread, against 6.2-7.0 s for the floor program of benchmarks/shard.py)
-        key = (threading.get_ident(), path)
+        # with one per thread, against 6.2-7.0 s for the floor program of benchmarks/shard.py).
+        # Each thread keeps its FDS_PER_THREAD most recent: tp x files could pass the usual
+        # limit of 1024 open files (tp=8 and a 191-file checkpoint). A descriptor is only used
+        # inside the call that asked for it, so closing the least recent one is safe.
+        thread = threading.get_ident()
         with self._lock:
-            if key not in self._fds:
-                local = self._local(path)
-                self._fds[key] = os.open(local, os.O_RDONLY) if local is not None else -1
-            fd = self._fds[key]
+            mine = self._fds.setdefault(thread, {})
+        fd = mine.pop(path, None)
+        if fd is None:
+            if len(mine) >= FDS_PER_THREAD:
+                stale = mine.pop(next(iter(mine)))
+                if stale >= 0:
+                    os.close(stale)
+            local = self._local(path)
+            fd = os.open(local, os.O_RDONLY) if local is not None else -1
+        mine[path] = fd
         return None if fd < 0 else fd
 
     def where(self, name: str) -> tuple[int | None, str, int]:
@@ -141,9 +152,10 @@ class TensorSource:
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
-                if fd >= 0:
-                    os.close(fd)
+            for mine in self._fds.values():
+                for fd in mine.values():
+                    if fd >= 0:
+                        os.close(fd)
             self._fds.clear()
 
 
