@@ -23,8 +23,8 @@ def calls(monkeypatch):
 
 def test_stretches_are_queued_in_order_once_each(calls):
     wb = Writeback(7, start=30)
-    for end in (80, 129, 131, 200, 450, 460):
-        wb.wrote(end)
+    for n in (50, 49, 2, 69, 250, 10):  # up to offsets 80, 129, 131, 200, 450, 460
+        wb.wrote(n)
     assert [c[1:3] for c in calls] == [(30, 101), (131, 319)]
     assert all(c[0] == 7 and c[3] == 2 for c in calls)  # SYNC_FILE_RANGE_WRITE
 
@@ -38,6 +38,16 @@ def test_the_local_store_writer_queues_what_it_wrote(tmp_path, calls, monkeypatc
     w.commit()
     assert [c[1:3] for c in calls] == [(0, 120), (120, 120)]
     assert (tmp_path / "artifacts/x/1/files/w.bin").read_bytes() == b"a" * 300
+
+
+def test_a_ranged_write_queues_its_span_from_where_it_starts(tmp_path, calls, monkeypatch):
+    from preheat.store import Span
+
+    monkeypatch.delenv("PREHEAT_FSYNC", raising=False)
+    store = LocalStore(tmp_path)
+    upload = store.begin_ranges("k/w.bin", 600)
+    store.write_range("k/w.bin", upload, Span(1, 300, 600), [b"b" * 70] * 4 + [b"b" * 20])
+    assert [c[1:3] for c in calls] == [(300, 140), (440, 140)]
 
 
 def test_no_writeback_without_fsync(tmp_path, calls, monkeypatch):

@@ -91,7 +91,6 @@ class _FileWriter(ObjectWriter):
             self._file = os.fdopen(fd, "wb")
             self.offset = 0
         self._resume = resume
-        self._written = self.offset
         self._writeback = Writeback(self._file.fileno(), self.offset) if _durable() else None
 
     def existing(self) -> Iterator[bytes]:
@@ -112,8 +111,7 @@ class _FileWriter(ObjectWriter):
         except OSError as exc:
             raise _disk_error(exc, self._dest) from exc
         if self._writeback is not None:
-            self._written += len(data)
-            self._writeback.wrote(self._written)
+            self._writeback.wrote(len(data))
 
     def commit(self) -> ObjectInfo:
         try:

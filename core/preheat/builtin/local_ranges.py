@@ -53,14 +53,15 @@ class LocalRanges:
             ) from None
         try:
             offset = span.start
-            writeback = Writeback(fd, offset) if local._durable() else None
+            durable = local._durable()
+            writeback = Writeback(fd, offset) if durable else None
             for view in span_chunks(span, chunks, key):
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
-                if writeback is not None:
-                    writeback.wrote(offset)
-            if local._durable():
+                    if writeback is not None:
+                        writeback.wrote(n)
+            if durable:
                 os.fdatasync(fd)
             # one short O_APPEND write per span: atomic, whichever process writes it
             with open(path.with_name(path.name + ".spans"), "a") as log:

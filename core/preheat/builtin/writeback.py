@@ -15,7 +15,7 @@ where that is missing (not Linux), this does nothing.
 from __future__ import annotations
 
 import functools
-import os
+import sys
 from collections.abc import Callable
 
 EVERY = 16 << 20  # bytes written between two writeback requests
@@ -24,7 +24,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not hasattr(os, "posix_fadvise"):  # not Linux-like: no sync_file_range either
+    if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
@@ -39,17 +39,19 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 class Writeback:
-    """Tracks how far a file was written; every `EVERY` bytes, queues the new stretch for disk."""
+    """Follows a file written in order from offset `start`; every `EVERY` bytes, queues the
+    new stretch for disk."""
 
     def __init__(self, fd: int, start: int = 0) -> None:
         self._fd = fd
-        self._queued = start
+        self._queued = self._end = start
         self._call = _sync_file_range()
 
-    def wrote(self, end: int) -> None:
-        """The file now holds bytes up to offset `end`, written in order from `start`."""
-        if self._call is None or end - self._queued < EVERY:
+    def wrote(self, n: int) -> None:
+        """`n` more bytes were written, right after the previous ones."""
+        self._end += n
+        if self._call is None or self._end - self._queued < EVERY:
             return
         # advisory (a failure is ignored): the fsync at the end still decides durability
-        self._call(self._fd, self._queued, end - self._queued, _SYNC_FILE_RANGE_WRITE)
-        self._queued = end
+        self._call(self._fd, self._queued, self._end - self._queued, _SYNC_FILE_RANGE_WRITE)
+        self._queued = self._end

@@ -106,8 +106,9 @@ class SharedTensor:
         rows = last_row - self.first_row
         self.rows_per = max(1, min(block // max(1, self.row_bytes), rows))
         self.nblocks = -(-rows // self.rows_per)
+        self._block_bytes = self.rows_per * sum(self._width.values())  # what `_views` takes
         if self.src_dtype == self.out_dtype and (self.local or self.columns):
-            pool.reserve(self.rows_per * sum(self._width.values()))  # what `_views` takes
+            pool.reserve(self._block_bytes)
         self.last_row = last_row
         self._cond = threading.Condition()
         self._ready: dict[int, dict[int, memoryview]] = {}
@@ -188,7 +189,7 @@ class SharedTensor:
 
     def _views(self, n: int) -> tuple[bytearray, dict[int, memoryview]]:
         """A pooled buffer for a block of `n` rows, and each receiver's slice of it."""
-        buffer = self._pool.get(self.rows_per * sum(self._width.values()))
+        buffer = self._pool.get(self._block_bytes)
         views, at = {}, 0
         whole = memoryview(buffer)
         for r, w in self._width.items():
