@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -25,7 +24,7 @@ class Elsewhere(ShardPool):
 
     def __init__(self, *, skip: str | None = None, fail: str | None = None) -> None:
         self.parts: list[str] = []
-        self.threads: set[int] = set()
+        self.threads: set[str] = set()
         self.skip, self.fail = skip, fail
         self.bytes = 0
         self._lock = threading.Lock()
@@ -38,7 +37,7 @@ class Elsewhere(ShardPool):
             if part == self.fail:
                 raise PreheatError(f"part {part} died")
             with self._lock:
-                self.threads.add(threading.get_ident())
+                self.threads.add(threading.current_thread().name)
 
             def counted(n: int) -> None:
                 with self._lock:
@@ -48,9 +47,23 @@ class Elsewhere(ShardPool):
             if part != self.skip:
                 done(part, entries)
 
-        with ThreadPoolExecutor(len(parts)) as pool:
-            for future in [pool.submit(one, p) for p in parts]:
-                future.result()
+        # one thread per part, as a cluster runs one task per part; a thread pool could
+        # hand a finished part's thread to the next one
+        errors: list[Exception] = []
+
+        def guarded(part: str) -> None:
+            try:
+                one(part)
+            except Exception as e:  # re-raised below, on the caller
+                errors.append(e)
+
+        threads = [threading.Thread(target=guarded, args=(p,), name=f"part-{p}") for p in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
 
 def run(store, repo, engine, tp, pool):
