@@ -28,9 +28,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from preheat_testing.servers import ServerUnavailable, free_port
+from preheat_testing.servers import ServerUnavailable, free_ports
 
 TAG = "PREHEAT_TEST_RAY_CLUSTER"
+# a first start on a fresh machine compiles and imports the dashboard's modules: about
+# 15 s here, more on a loaded 2-vCPU machine
+START_TIMEOUT = 120.0
 
 
 def ray_binary() -> str:
@@ -112,16 +115,24 @@ class RayCluster:
         )
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-            for log in sorted(self.temp.glob("session_latest/logs/dashboard*.err")):
+            failure = f"ray start failed ({proc.returncode}):\n{tail}{self.log_tails()}"
+            self.stop()
+            raise RuntimeError(failure)
+
+    def log_tails(self, lines: int = 10) -> str:
+        """The last lines of the head's dashboard, GCS and raylet error logs, for a failure."""
+        tails = ""
+        logs = self.temp / "session_latest" / "logs"
+        for pattern in ("dashboard*.err", "dashboard.log", "gcs_server*.err", "raylet*.err"):
+            for log in sorted(logs.glob(pattern)):
                 text = log.read_text(errors="replace").strip()
                 if text:
-                    tail += f"\n--- {log.name}:\n" + "\n".join(text.splitlines()[-10:])
-            self.stop()
-            raise RuntimeError(f"ray start failed ({proc.returncode}):\n{tail}")
+                    tails += f"\n--- {log.name}:\n" + "\n".join(text.splitlines()[-lines:])
+        return tails
 
     def start(self) -> RayCluster:
         """Start the head and wait until its Jobs API answers."""
-        self.port, self.dashboard_port, client, agent, metrics = (free_port() for _ in range(5))
+        self.port, self.dashboard_port, client, agent, metrics = free_ports(5)
         self._start(
             [
                 "--head",
@@ -137,22 +148,24 @@ class RayCluster:
             ]
         )  # fmt: skip
         self.nodes.append(self.head_ip)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2):
                     break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
+                    failure = f"the Ray dashboard did not answer within {START_TIMEOUT:g} s"
+                    failure += self.log_tails()
                     self.stop()
-                    raise RuntimeError("the Ray dashboard did not answer within 60 s") from None
+                    raise RuntimeError(failure) from None
                 time.sleep(0.5)
         return self
 
-    def add_node(self, *, wait: float = 60.0) -> str:
+    def add_node(self, *, wait: float = START_TIMEOUT) -> str:
         """Start one more worker node; returns its address once the cluster lists it alive."""
         ip = f"127.0.0.{len(self.nodes) + 2}"
-        agent, metrics = free_port(), free_port()
+        agent, metrics = free_ports(2)
         self._start(
             [
                 "--address", self.gcs_address,
@@ -179,11 +192,12 @@ class RayCluster:
         rows = data.get("data", {}).get("result", {}).get("result", [])
         return sum(1 for n in rows if n.get("state") == "ALIVE")
 
-    def wait_nodes(self, count: int, timeout: float = 60.0) -> None:
+    def wait_nodes(self, count: int, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while self.alive_nodes() < count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not reach {count} alive nodes")
+                failure = f"the cluster did not reach {count} alive nodes in {timeout:g} s"
+                raise RuntimeError(failure + self.log_tails())
             time.sleep(0.5)
 
     def processes(self):

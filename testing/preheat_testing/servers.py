@@ -78,7 +78,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports."""
     ports: set[int] = set()
     while len(ports) < count:
         ports.add(free_port())
@@ -201,7 +202,7 @@ class _PortClash(RuntimeError):
 
 @contextlib.contextmanager
 def _seaweedfs(weed: str, workdir: Path, bucket: str, timeout: float) -> Iterator[ObjectServer]:
-    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = _free_ports(8)
+    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc = free_ports(8)
     identities = {
         "identities": [
             {

@@ -353,9 +353,10 @@ def test_a_killed_worker_is_retried_and_resumes_from_verified_files(
         run = run.json["run"]
         wait_for(lambda: first_blobs_verified(b, run, store), timeout=90)
         time.sleep(1.5)  # the driver journals what the tasks report, several times a second
-        victims = cluster.task_processes("fetch_batch")
-        assert len(victims) == 2, "the transfer tasks are not both running"
-        victims[0].send_signal(signal.SIGKILL)
+        victims = wait_for(
+            lambda: len(found := running_pids(cluster, "fetch_batch")) == 2 and found, timeout=10
+        )
+        os.kill(victims[0], signal.SIGKILL)
         done = b.cli("runs", "wait", run, "--store", store, "--json", timeout=180).ok().json
     finally:
         hub.clear_faults()
