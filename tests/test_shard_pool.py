@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -66,12 +67,12 @@ class Elsewhere(ShardPool):
             raise errors[0]
 
 
-def run(store, repo, engine, tp, pool):
+def run(store, repo, engine, tp, pool, **args):
     from preheat.models import PrefetchRequest
     from preheat.runner import execute
     from preheat.runs import create_run
 
-    request = PrefetchRequest(repo=repo, shard=ENGINES[engine].config(tp))
+    request = PrefetchRequest(repo=repo, shard=ENGINES[engine].config(tp, **args))
     created = create_run(request, str(store))
     return execute(created.store_url, created.name, shards=pool)
 
@@ -114,6 +115,67 @@ def test_a_failing_part_fails_the_run_and_a_rerun_publishes(repo, tmp_path):
     assert record.status == "failed" and record.error == "part rank-0 died"
     again = run(tmp_path / "store", repo, "vllm", 2, Elsewhere())
     assert again.status == "succeeded", again.error
+
+
+class FakeEngine:
+    """The engine's save routine, faked: its probe finds GPUs only on a pool's part threads
+    (machines with GPUs; none when `parts_have_gpus` is false), never on the run's own thread
+    (a CPU-only head). It writes one small file per rank; `probed` lists the threads probed."""
+
+    def __init__(self) -> None:
+        self.probed: list[str] = []
+        self.parts_have_gpus = True
+
+    def problem(self, process, tp: int) -> str | None:
+        here = threading.current_thread().name
+        self.probed.append(here)
+        if here.startswith("part-") and self.parts_have_gpus:
+            return None
+        return f"{process.module} needs {tp} GPU(s), found 0"
+
+    @staticmethod
+    def run(process, src: str, out: str, job) -> None:
+        for rank in range(job.tp):
+            Path(out, f"model-rank-{rank}-part-0.safetensors").write_bytes(b"rank %d" % rank)
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    from preheat_tp.engine import EngineProcess
+
+    fake = FakeEngine()
+    monkeypatch.setattr(EngineProcess, "problem", lambda self, tp: fake.problem(self, tp))
+    monkeypatch.setattr(EngineProcess, "run", FakeEngine.run)
+    return fake
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_with_a_pool_the_engine_is_probed_where_its_part_runs(repo, engine, tmp_path, fake_engine):
+    alone = run(tmp_path / "alone", repo, engine, 2, None, method="engine")
+    assert alone.status == "failed"
+    assert alone.error == f"method: engine cannot run here: {engine} needs 2 GPU(s), found 0"
+    assert fake_engine.probed == ["MainThread"]
+
+    fake_engine.probed.clear()
+    pool = Elsewhere()
+    ours = run(tmp_path / "pool", repo, engine, 2, pool, method="engine")
+    assert ours.status == "succeeded", ours.error
+    assert pool.parts == ["engine"] and fake_engine.probed == ["part-engine"]
+    version = tmp_path / "pool" / "artifacts" / ours.artifact.name / ours.artifact.version
+    files = tree(version)
+    assert files["model-rank-1-part-0.safetensors"] == b"rank 1"
+    assert "config.json" in files
+
+
+def test_a_part_on_a_machine_without_the_engine_fails_before_reading(repo, tmp_path, fake_engine):
+    fake_engine.parts_have_gpus = False
+    pool = Elsewhere()
+    record = run(tmp_path / "store", repo, "vllm", 2, pool, method="engine")
+    assert record.status == "failed"
+    assert record.error.startswith("method: engine cannot run on "), record.error
+    assert record.error.endswith(": vllm needs 2 GPU(s), found 0")
+    assert pool.bytes == 0 and fake_engine.probed == ["part-engine"]
+    assert not list((tmp_path / "store").glob("manifests/**/*.json"))[1:]  # the base only
 
 
 def test_the_engine_path_is_one_part_and_unknown_parts_are_refused():

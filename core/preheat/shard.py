@@ -117,6 +117,11 @@ class Sharder(abc.ABC):
     artifact is stored and verified.
     """
 
+    #: Set before `plan` when the run writes the parts through a `ShardPool`, which may
+    #: call `shard_part` on other machines. Checks that only the machine writing a part
+    #: can answer (an engine and its GPUs) then belong in `shard_part`, not in `plan`.
+    parts_elsewhere: bool = False
+
     @abc.abstractmethod
     def plan(self, model: ModelView, args: Any, resources: Resources) -> ShardPlan:
         """Validate everything that can be checked before download and size the output.

@@ -161,6 +161,7 @@ class Pipeline:
         if shard is not None:
             # made only now: a published version needs no sharder (nor its imports)
             sharder = lookup("sharders", shard.engine).value()
+            sharder.parts_elsewhere = self.shards is not None
             view = ModelView(
                 config=config or {},
                 files=tuple(FileEntry(f.path, f.size, f.sha256 or "") for f in files),

@@ -9,6 +9,7 @@ runs the engine's own save routine where the CPU slicer cannot.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,10 @@ class TensorParallelSharder(Sharder):
 
     def plan(self, model: ModelView, args: Any, resources: Resources) -> ShardPlan:
         job = self.to_job(args)
-        method = refusals.choose_method(self.layout, model, job, self.engine_problem)
+        probe = self.engine_problem
+        if self.parts_elsewhere and self.engine_runner is not None:
+            probe = _probed_by_the_part  # on the machine that runs the engine's part
+        method = refusals.choose_method(self.layout, model, job, probe)
         shape = refusals.check_tp_fits(self.layout, model.config, job.tp)
         signature = None
         if method == "cpu":
@@ -79,6 +83,11 @@ class TensorParallelSharder(Sharder):
         return ShardPlan(spec=spec, output_bytes=output, weight_bytes_per_rank=per_rank, data=job)
 
     def shard(self, plan: ShardPlan, source: SourceArtifact, write, progress) -> list[FileEntry]:
+        if plan.spec.method == "engine" and self.parts_elsewhere:
+            self._check_engine_here(plan.data)
+        return self._write_all(plan, source, write, progress)
+
+    def _write_all(self, plan: ShardPlan, source: SourceArtifact, write, progress):
         job: TPJob = plan.data
         files = cpu_writer.copy_side_files(source, job, write, progress)
         if plan.spec.method == "engine":
@@ -105,10 +114,23 @@ class TensorParallelSharder(Sharder):
         or, on the engine path, everything."""
         job: TPJob = plan.data
         if part == self.ENGINE and plan.spec.method == "engine":
-            return self.shard(plan, source, write, progress)
+            self._check_engine_here(job)
+            return self._write_all(plan, source, write, progress)
         if part == self.SIDE_FILES and plan.spec.method == "cpu":
             return cpu_writer.copy_side_files(source, job, write, progress)
         rank = int(part.removeprefix("rank-")) if part.startswith("rank-") else -1
         if plan.spec.method != "cpu" or not 0 <= rank < job.tp:
             raise PreheatError(f"{self.layout.engine}: no shard part {part!r} in this plan")
         return cpu_writer.write_ranks(self.layout, source, job, write, progress, ranks=[rank])
+
+    def _check_engine_here(self, job: TPJob) -> None:
+        """Refuse, before any byte is read, when the engine cannot run on this machine (the
+        plan did not probe it: `parts_elsewhere`, or a part written on another machine)."""
+        cannot = self.engine_problem(job.tp)
+        if cannot is not None:
+            raise PreheatError(f"method: engine cannot run on {socket.gethostname()}: {cannot}")
+
+
+def _probed_by_the_part(tp: int) -> None:
+    """No problem at plan time: the part's task probes the engine where it runs."""
+    return None
