@@ -150,3 +150,15 @@ def test_abort_leaves_nothing(store, data):
 def test_a_handle_that_is_not_the_store_s_is_refused(store):
     with pytest.raises(PreheatError, match="not an upload handle"):
         store.write_range("f.bin", "../x", Span(0, 0, 1), [b"x"])
+
+
+def test_gc_removes_an_abandoned_ranged_upload_and_the_spans_it_noted(store, data):
+    spans = spans_of(len(data))
+    upload = store.begin_ranges("f.bin", len(data))
+    store.write_range("f.bin", upload, spans[0], piece(data, spans[0]))
+    assert leftovers(store) == [f"r-{upload}", f"r-{upload}.spans"]
+    assert os.listdir(store.root / ".partial" / f"r-{upload}.spans") == [
+        f"0-{spans[0].start}-{spans[0].end}"
+    ]
+    assert store.gc(older_than=0) == 2
+    assert leftovers(store) == []

@@ -330,7 +330,8 @@ class LocalStore(LocalRanges, Store):
         return shutil.disk_usage(path).free
 
     def gc(self, older_than: float | None = None) -> int:
-        """Remove partial files (of interrupted downloads and copies) at least `older_than` s old."""
+        """Remove partial files (of interrupted downloads, copies and ranged uploads) at least
+        `older_than` s old."""
         partials = self.root / ".partial"
         if not partials.is_dir():
             return 0
@@ -341,7 +342,10 @@ class LocalStore(LocalRanges, Store):
             with contextlib.suppress(FileNotFoundError):
                 if age > 0 and entry.stat().st_mtime > cutoff:
                     continue
-                entry.unlink()
+                if entry.is_dir():  # the spans written of a ranged upload
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
                 removed += 1
         return removed
 

@@ -1,15 +1,18 @@
 """Ranged writes on the local store: one sparse partial file that every writer opens.
 
 Each span is written with `pwrite` at its offset, from any process that sees
-the directory (one machine, or a filesystem every node mounts), then noted in
-a sidecar file (`.spans`) so `finish_ranges` can tell a span never written
-from zeros; the finished file is renamed into place at once.
+the directory (one machine, or a filesystem every node mounts), then noted as
+an empty file of its own in a sidecar folder (`.spans/INDEX-START-END`), so
+`finish_ranges` can tell a span never written from zeros; the finished file is
+renamed into place at once. Creating a file is atomic on NFS too, where
+appends from several machines to one file are not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -27,6 +30,11 @@ class LocalRanges:
             raise PreheatError(f"not an upload handle of this store: {upload!r}")
         return self.root / ".partial" / f"r-{upload}"
 
+    @staticmethod
+    def _marks(path: Path) -> Path:
+        """The folder of the spans written into the partial file `path`, one empty file each."""
+        return path.with_name(path.name + ".spans")
+
     def begin_ranges(self, key: str, size: int) -> str:
         """A sparse partial file of `size` bytes that every writer opens and writes at its offsets."""
         from preheat.builtin import local
@@ -35,6 +43,7 @@ class LocalRanges:
         path = self._ranges_path(upload)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._marks(path).mkdir()
             with open(path, "xb") as f:
                 f.truncate(size)
         except OSError as exc:
@@ -63,9 +72,13 @@ class LocalRanges:
                         writeback.wrote(n)
             if durable:
                 os.fdatasync(fd)
-            # one short O_APPEND write per span: atomic, whichever process writes it
-            with open(path.with_name(path.name + ".spans"), "a") as log:
-                log.write(f"{span.index} {span.start} {span.end}\n")
+            mark = self._marks(path) / f"{span.index}-{span.start}-{span.end}"
+            try:
+                mark.touch()
+            except FileNotFoundError:
+                raise PreheatError(
+                    f"the ranged upload of {key} is gone (aborted or finished)"
+                ) from None
         except OSError as exc:
             raise local._disk_error(exc, self._path(key)) from exc
         finally:
@@ -96,20 +109,19 @@ class LocalRanges:
             os.replace(path, dest)
         except OSError as exc:
             raise local._disk_error(exc, dest) from exc
-        with contextlib.suppress(OSError):
-            path.with_name(path.name + ".spans").unlink()
+        shutil.rmtree(self._marks(path), ignore_errors=True)
         return local._info(key, dest.stat())
 
-    @staticmethod
-    def _spans_written(path: Path) -> set[tuple[int, int, int]]:
+    @classmethod
+    def _spans_written(cls, path: Path) -> set[tuple[int, int, int]]:
         try:
-            lines = path.with_name(path.name + ".spans").read_text().split("\n")
+            names = os.listdir(cls._marks(path))
         except FileNotFoundError:
             return set()
         written = set()
-        for line in lines:
-            fields = line.split()
-            if len(fields) == 3 and all(f.isdigit() for f in fields):  # a torn line: not written
+        for name in names:
+            fields = name.split("-")
+            if len(fields) == 3 and all(f.isdigit() for f in fields):
                 written.add((int(fields[0]), int(fields[1]), int(fields[2])))
         return written
 
@@ -117,4 +129,4 @@ class LocalRanges:
         with contextlib.suppress(OSError, PreheatError):
             path = self._ranges_path(upload)
             path.unlink(missing_ok=True)
-            path.with_name(path.name + ".spans").unlink(missing_ok=True)
+            shutil.rmtree(self._marks(path), ignore_errors=True)
