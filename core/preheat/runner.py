@@ -50,13 +50,17 @@ class RunState(Progress):
 
     def update(self, **changes) -> None:
         with self._saving:
-            with self._lock:
-                self.record = attrs.evolve(
-                    self.record, updated=now_iso(), bytes_done=self._done, **changes
-                )
-                self._dirty = False
-                record = self.record
-            self.catalog.save_run(record)
+            self.catalog.save_run(self._next_record(**changes))
+
+    def _next_record(self, **changes) -> RunRecord:
+        """The record with `changes` and the bytes done so far, as it is to be saved now
+        (the caller holds `_saving`, and saves it outside `_lock`)."""
+        with self._lock:
+            self.record = attrs.evolve(
+                self.record, updated=now_iso(), bytes_done=self._done, **changes
+            )
+            self._dirty = False
+            return self.record
 
     def stage(self, name: str, total: int) -> None:
         with self._lock:
@@ -78,14 +82,9 @@ class RunState(Progress):
             # the store write happens outside `_lock`: under heavy writeback an fsync can
             # take a second, and every `advance` of the writing threads would wait on it
             with self._saving:
-                with self._lock:
-                    if not self._dirty:
-                        continue
-                    self.record = attrs.evolve(
-                        self.record, updated=now_iso(), bytes_done=self._done
-                    )
-                    self._dirty = False
-                    record = self.record
+                if not self._dirty:
+                    continue
+                record = self._next_record()
                 with contextlib.suppress(Exception):
                     self.catalog.save_run(record)
 
