@@ -57,9 +57,7 @@ class LocalRanges:
         try:
             fd = os.open(path, os.O_WRONLY)
         except FileNotFoundError:
-            raise PreheatError(
-                f"the ranged upload of {key} is gone (aborted or finished)"
-            ) from None
+            raise _gone(key) from None
         try:
             offset = span.start
             durable = local._durable()
@@ -76,9 +74,7 @@ class LocalRanges:
             try:
                 mark.touch()
             except FileNotFoundError:
-                raise PreheatError(
-                    f"the ranged upload of {key} is gone (aborted or finished)"
-                ) from None
+                raise _gone(key) from None
         except OSError as exc:
             raise local._disk_error(exc, self._path(key)) from exc
         finally:
@@ -93,9 +89,7 @@ class LocalRanges:
         try:
             have = path.stat().st_size
         except FileNotFoundError:
-            raise PreheatError(
-                f"the ranged upload of {key} is gone (aborted or finished)"
-            ) from None
+            raise _gone(key) from None
         if have != size:
             raise PreheatError(f"{key}: the ranged upload holds {have} bytes, not {size}")
         written = self._spans_written(path)
@@ -130,3 +124,7 @@ class LocalRanges:
             path = self._ranges_path(upload)
             path.unlink(missing_ok=True)
             shutil.rmtree(self._marks(path), ignore_errors=True)
+
+
+def _gone(key: str) -> PreheatError:
+    return PreheatError(f"the ranged upload of {key} is gone (aborted or finished)")
