@@ -83,11 +83,6 @@ class TensorParallelSharder(Sharder):
         return ShardPlan(spec=spec, output_bytes=output, weight_bytes_per_rank=per_rank, data=job)
 
     def shard(self, plan: ShardPlan, source: SourceArtifact, write, progress) -> list[FileEntry]:
-        if plan.spec.method == "engine" and self.parts_elsewhere:
-            self._check_engine_here(plan.data)
-        return self._write_all(plan, source, write, progress)
-
-    def _write_all(self, plan: ShardPlan, source: SourceArtifact, write, progress):
         job: TPJob = plan.data
         files = cpu_writer.copy_side_files(source, job, write, progress)
         if plan.spec.method == "engine":
@@ -115,7 +110,7 @@ class TensorParallelSharder(Sharder):
         job: TPJob = plan.data
         if part == self.ENGINE and plan.spec.method == "engine":
             self._check_engine_here(job)
-            return self._write_all(plan, source, write, progress)
+            return self.shard(plan, source, write, progress)
         if part == self.SIDE_FILES and plan.spec.method == "cpu":
             return cpu_writer.copy_side_files(source, job, write, progress)
         rank = int(part.removeprefix("rank-")) if part.startswith("rank-") else -1
@@ -124,8 +119,8 @@ class TensorParallelSharder(Sharder):
         return cpu_writer.write_ranks(self.layout, source, job, write, progress, ranks=[rank])
 
     def _check_engine_here(self, job: TPJob) -> None:
-        """Refuse, before any byte is read, when the engine cannot run on this machine (the
-        plan did not probe it: `parts_elsewhere`, or a part written on another machine)."""
+        """Refuse, before any byte is read, when the engine cannot run on the machine that
+        writes the `engine` part (with `parts_elsewhere`, the plan did not probe it)."""
         cannot = self.engine_problem(job.tp)
         if cannot is not None:
             raise PreheatError(f"method: engine cannot run on {socket.gethostname()}: {cannot}")
